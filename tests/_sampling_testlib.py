@@ -1,0 +1,158 @@
+"""Shared pieces of the sampling tests: tiny models, exact laws by enumeration, and the law check."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import stats
+
+from asarm_jax import processors
+from asarm_jax.model import ASARM, ModelConfig, init_params
+
+VOCAB = 4      # token ids 0, 1, 2 are samplable
+MASK_ID = 3    # ... and 3 is the mask token, always banned
+LENGTH = 6
+SAMPLABLE = VOCAB - 1
+
+
+def tiny_config(**overrides) -> ModelConfig:
+  """A 2-layer d_model 16 model. A wide init (0.4) makes its conditionals far from uniform and
+  strongly context dependent (checked in test_tiny_model_is_a_hard_case)."""
+  values = dict(vocab_size=VOCAB, mask_token_id=MASK_ID, d_model=16, n_layers=2, n_heads=2,
+                d_head=8, d_inner=32, max_len=8, initializer_range=0.4)
+  values.update(overrides)
+  return ModelConfig(**values)
+
+
+def tiny_model(seed: int = 1, **overrides):
+  cfg = tiny_config(**overrides)
+  return cfg, init_params(cfg, jax.random.key(seed))
+
+
+def context_free(params):
+  """The same model with every attention output projection zeroed: each query row's law is then the
+  same at every position and in every context, so drafts equal verifications."""
+  params = jax.tree_util.tree_map(lambda x: x, params)
+  for name, layer in params.items():
+    if name.startswith("layer_"):
+      attention = dict(layer["attention"])
+      attention["o"] = jnp.zeros_like(attention["o"])
+      params[name] = {**layer, "attention": attention}
+  return params
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """One prompt and order: `tokens` (prompt values; others ignored), `ranks`, `num_prompt`."""
+  name: str
+  tokens: tuple[int, ...]
+  ranks: tuple[int, ...]
+  num_prompt: int
+
+  @property
+  def hidden(self) -> list[int]:
+    """Positions to generate, left to right."""
+    return [i for i, r in enumerate(self.ranks) if r >= self.num_prompt]
+
+
+# Prompts of 0 to 3 tokens, in varied positions and orders (N = 6, so 3^3 .. 3^6 completions).
+CASES = (
+    Case("empty_prompt_random_order", (0, 0, 0, 0, 0, 0), (3, 0, 5, 1, 4, 2), 0),
+    Case("one_token_middle", (0, 0, 2, 0, 0, 0), (4, 2, 0, 5, 1, 3), 1),
+    Case("two_tokens_scattered", (1, 0, 0, 0, 2, 0), (1, 5, 2, 4, 0, 3), 2),
+    Case("infill_three_tokens", (2, 1, 0, 0, 0, 1), (0, 1, 3, 4, 5, 2), 3),
+)
+
+
+def case_batch(cases, per_case: int):
+  """Stacks `per_case` rows of every case: (tokens [B, N], ranks [B, N], num_prompt [B])."""
+  tokens = np.repeat(np.array([c.tokens for c in cases], np.int32), per_case, axis=0)
+  ranks = np.repeat(np.array([c.ranks for c in cases], np.int32), per_case, axis=0)
+  num_prompt = np.repeat(np.array([c.num_prompt for c in cases], np.int32), per_case)
+  return tokens, ranks, num_prompt
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sampling"))
+def _processed_density(params, tokens, ranks, num_prompt, *, cfg, sampling):
+  """Processed conditionals [B, N, V] at every position under the density masks."""
+  logits = ASARM(cfg).apply({"params": params}, tokens, ranks, num_prompt)
+  return processors.probabilities(logits, sampling)
+
+
+def exact_law(cfg, params, case: Case, sampling: processors.SamplingConfig) -> np.ndarray:
+  """The sequential sampler's law by enumeration: float64 [3^h] over completions of the hidden
+  positions, indexed in base 3 with the leftmost hidden position most significant.
+
+  Each completion's probability is the product, over hidden positions, of the model's processed
+  conditional at that position given every position of lower rank (one density-mask forward).
+  """
+  hidden = case.hidden
+  completions = np.array(list(itertools.product(range(SAMPLABLE), repeat=len(hidden))), np.int32)
+  rows = SAMPLABLE ** LENGTH  # pad to one shape, so one compilation serves every case
+  tokens = np.tile(np.array(case.tokens, np.int32), (rows, 1))
+  tokens[:len(completions)][:, hidden] = completions
+  ranks = np.tile(np.array(case.ranks, np.int32), (rows, 1))
+  probs = _processed_density(params, jnp.asarray(tokens), jnp.asarray(ranks),
+                             jnp.int32(case.num_prompt), cfg=cfg, sampling=sampling)
+  probs = np.asarray(probs, np.float64)[:len(completions)][:, hidden]  # [E, h, V]
+  law = np.prod(np.take_along_axis(probs, completions[:, :, None], axis=-1)[..., 0], axis=-1)
+  assert abs(law.sum() - 1) < 1e-4, law.sum()
+  return law
+
+
+def outcome_index(samples: np.ndarray, case: Case) -> np.ndarray:
+  """Base-3 index of each sample's hidden tokens, int64 [S]; -1 where a token is not samplable."""
+  values = samples[:, case.hidden].astype(np.int64)  # [S, h]
+  index = np.zeros(len(samples), np.int64)
+  for column in range(values.shape[1]):
+    index = index * SAMPLABLE + values[:, column]
+  bad = np.any((values < 0) | (values >= SAMPLABLE), axis=1)
+  return np.where(bad, -1, index)
+
+
+@dataclasses.dataclass
+class LawReport:
+  name: str
+  pvalue: float
+  tv: float
+  tv_bound: float
+
+  @property
+  def ok(self) -> bool:
+    return self.pvalue > PVALUE_THRESHOLD and self.tv <= self.tv_bound
+
+
+PVALUE_THRESHOLD = 1e-3
+
+
+def compare_law(samples: np.ndarray, case: Case, law: np.ndarray) -> LawReport:
+  """Chi-square goodness of fit and total variation of `samples` [S, N] against `law`.
+
+  Cells with an expected count below 5 are pooled into one cell. A sample outside the law's support
+  (a non-samplable token, or a completion of probability 0) gives p-value 0.
+
+  TV bound: E|count_i - S p_i| <= sqrt(S p_i (1 - p_i)), so E[TV] <= 0.5 sum_i sqrt(p_i (1 - p_i) / S);
+  TV moves by at most 1/S per sample, so by McDiarmid it exceeds its mean by 0.015 with probability at
+  most exp(-2 S 0.015^2) (1e-4 at S = 20,000).
+  """
+  count = len(samples)
+  index = outcome_index(samples, case)
+  outside = np.any(index < 0) or np.any(law[np.maximum(index, 0)] == 0)
+  observed = np.bincount(np.maximum(index, 0), minlength=len(law)).astype(np.float64)
+  expected = law * count
+  tv = 0.5 * np.abs(observed / count - law).sum()
+  tv_bound = 0.5 * np.sqrt(law * (1 - law) / count).sum() + 0.015
+  if outside:
+    return LawReport(case.name, 0.0, tv, tv_bound)
+  small = expected < 5
+  obs = np.append(observed[~small], observed[small].sum())
+  exp = np.append(expected[~small], expected[small].sum())
+  if exp[-1] == 0:
+    obs, exp = obs[:-1], exp[:-1]
+  exp = exp * obs.sum() / exp.sum()  # exact renormalisation (law sums to 1 up to float32 rounding)
+  pvalue = float(stats.chisquare(obs, exp).pvalue) if len(obs) > 1 else 1.0
+  return LawReport(case.name, pvalue, float(tv), float(tv_bound))
