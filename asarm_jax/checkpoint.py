@@ -1,0 +1,217 @@
+"""Run directories: orbax checkpoints, run metadata, and loading a trained model for inference.
+
+Layout of a workdir:
+  run.json          format version, the run's identity (what a resumed run must match), the
+                    ModelConfig (`ModelConfig.to_dict()`) and the full training config
+  tokenizer.model   the SentencePiece tokenizer (`Tokenizer.save`)
+  checkpoints/<step>/
+    params/         the model parameters (float32 master weights)
+    train/          {'step', 'rng', 'opt_state'}
+    data/           the grain iterator state, one JSON file per process
+  metrics.jsonl     one JSON object per logged step (written by train_lib)
+
+`load_for_inference(workdir)` needs nothing but this directory.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import grain.python as grain_python
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+from asarm_jax.data.tokenizer import Tokenizer
+from asarm_jax.model import ModelConfig, init_params
+
+RUN_FILE = "run.json"
+TOKENIZER_FILE = "tokenizer.model"
+CHECKPOINT_DIR = "checkpoints"
+FORMAT_VERSION = 1
+
+
+def _canonical(value: Any) -> Any:
+  """JSON round trip: tuples become lists, so stored and fresh values compare equal."""
+  return json.loads(json.dumps(value, sort_keys=True))
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, dict):
+    flat = {}
+    for key, value in tree.items():
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    return flat
+  return {prefix[:-1]: tree}
+
+
+def read_run(workdir: str | epath.PathLike) -> dict[str, Any]:
+  """The run metadata of `workdir`.
+
+  Raises:
+    FileNotFoundError: `workdir` holds no run.json (not a training run directory).
+  """
+  path = epath.Path(workdir) / RUN_FILE
+  if not path.exists():
+    raise FileNotFoundError(f"{path} not found: {workdir} is not a training run directory")
+  return json.loads(path.read_text())
+
+
+def check_compatible(workdir: str | epath.PathLike, identity: dict[str, Any]):
+  """Raises ValueError if `workdir` holds a run whose identity differs from `identity`.
+
+  A workdir without run.json is compatible with anything (a fresh run).
+  """
+  path = epath.Path(workdir) / RUN_FILE
+  if not path.exists():
+    return
+  stored = _flatten(_canonical(read_run(workdir).get("identity", {})))
+  fresh = _flatten(_canonical(identity))
+  differences = [f"{key}: {stored.get(key, '<absent>')!r} in the workdir, "
+                 f"{fresh.get(key, '<absent>')!r} now"
+                 for key in sorted(set(stored) | set(fresh)) if stored.get(key) != fresh.get(key)]
+  if differences:
+    raise ValueError(f"{workdir} holds a run with an incompatible config; use another workdir or "
+                     "the original settings. Differences:\n  " + "\n  ".join(differences))
+
+
+def write_run(workdir: str | epath.PathLike, *, identity: dict[str, Any], model_cfg: ModelConfig,
+              config: dict[str, Any], tokenizer: Tokenizer):
+  """Writes run.json and tokenizer.model (call from one process only)."""
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  tokenizer.save(workdir / TOKENIZER_FILE)
+  record = {"format": FORMAT_VERSION, "identity": _canonical(identity),
+            "model": model_cfg.to_dict(), "config": _canonical(config)}
+  (workdir / RUN_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
+
+
+def _absolute(path: epath.Path) -> epath.Path:
+  """Orbax needs absolute paths; remote paths (gs://...) already are."""
+  return path if "://" in str(path) else epath.Path(os.path.abspath(path))
+
+
+def _step_dirs_exist(directory: epath.Path) -> bool:
+  return directory.exists() and any(p.name.isdigit() for p in directory.iterdir())
+
+
+class Checkpointer:
+  """Saves and restores params + optimizer state + step + rng + data iterator state.
+
+  Wraps an orbax CheckpointManager (async saves every `save_every_steps`, keeping the last `keep`).
+  The state is any flax struct with fields step, params, opt_state and rng.
+  """
+
+  def __init__(self, workdir: str | epath.PathLike, *, save_every_steps: int = 1000,
+               keep: int = 3, async_save: bool = True, read_only: bool = False):
+    self.directory = _absolute(epath.Path(workdir)) / CHECKPOINT_DIR
+    self._save_every_steps = save_every_steps
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=save_every_steps, max_to_keep=keep,
+        enable_async_checkpointing=async_save, create=not read_only, read_only=read_only)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=("params", "train", "data"))
+
+  @property
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, data_iterator: Any = None, *, force: bool = False) -> bool:
+    """Saves at `step` when it is due (or `force`); returns whether a save started.
+
+    The data iterator's state is captured during this call, before training continues.
+    """
+    if not force and step % self._save_every_steps:
+      return False
+    items = {"params": ocp.args.StandardSave(state.params),
+             "train": ocp.args.StandardSave({"step": state.step, "rng": state.rng,
+                                             "opt_state": state.opt_state})}
+    if data_iterator is not None:
+      items["data"] = grain_python.PyGrainCheckpointSave(data_iterator)
+    return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+  def restore(self, abstract_state: Any, data_iterator: Any = None,
+              step: int | None = None) -> Any:
+    """Restores the state (and the data iterator, in place) saved at `step` (default: latest).
+
+    Args:
+      abstract_state: a state of jax.ShapeDtypeStruct leaves carrying the target shardings.
+      data_iterator: the grain iterator to move to the saved position, or None.
+      step: which checkpoint; None for the latest.
+
+    Raises:
+      FileNotFoundError: there is no checkpoint (at `step`).
+    """
+    step = self._resolve_step(step)
+    items = {"params": ocp.args.StandardRestore(abstract_state.params),
+             "train": ocp.args.StandardRestore({"step": abstract_state.step,
+                                                "rng": abstract_state.rng,
+                                                "opt_state": abstract_state.opt_state})}
+    if data_iterator is not None:
+      items["data"] = grain_python.PyGrainCheckpointRestore(data_iterator)
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    train = restored["train"]
+    return abstract_state.replace(params=restored["params"], step=train["step"],
+                                  rng=train["rng"], opt_state=train["opt_state"])
+
+  def restore_params(self, abstract_params: Any, step: int | None = None) -> Any:
+    """Restores only the parameters saved at `step` (default: latest)."""
+    step = self._resolve_step(step)
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
+    return restored["params"]
+
+  def _resolve_step(self, step: int | None) -> int:
+    steps = self.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint found in {self.directory}")
+    if step is None:
+      return max(steps)
+    if step not in steps:
+      raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}; "
+                              f"available steps: {sorted(steps)}")
+    return step
+
+  def wait(self):
+    """Blocks until pending async saves are written."""
+    self._manager.wait_until_finished()
+
+  def close(self):
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def load_for_inference(workdir: str | epath.PathLike, step: int | None = None
+                       ) -> tuple[ModelConfig, Any, Tokenizer]:
+  """Loads a trained model from a run directory: (ModelConfig, params, Tokenizer).
+
+  Args:
+    workdir: a directory written by `train_lib.train_and_evaluate`.
+    step: which checkpoint; None for the latest.
+
+  Returns:
+    The model config, its float32 parameters (on the default device) and the tokenizer.
+
+  Raises:
+    FileNotFoundError: no run.json, no tokenizer or no checkpoint in `workdir` (named).
+  """
+  workdir = epath.Path(workdir)
+  run = read_run(workdir)
+  model_cfg = ModelConfig.from_dict(run["model"])
+  tokenizer = Tokenizer.load(workdir / TOKENIZER_FILE)
+  if not _step_dirs_exist(workdir / CHECKPOINT_DIR):
+    raise FileNotFoundError(f"no checkpoint found in {workdir / CHECKPOINT_DIR}")
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.eval_shape(lambda: init_params(model_cfg, jax.random.key(0)))
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          abstract)
+  checkpointer = Checkpointer(workdir, read_only=True, async_save=False)
+  try:
+    params = checkpointer.restore_params(abstract, step)
+  finally:
+    checkpointer.close()
+  return model_cfg, params, tokenizer

@@ -1,0 +1,124 @@
+"""Training metrics: writers (JSONL + TensorBoard when available), FLOPs and MFU, unigram entropy."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from etils import epath
+
+from asarm_jax.model import ModelConfig
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricWriter:
+  """Writes scalars to `workdir/metrics.jsonl`, the log, and TensorBoard when clu can.
+
+  clu's metric writers import TensorFlow; without it the TensorBoard writer is skipped (logged once)
+  and JSONL + logging remain. Only process 0 writes.
+  """
+
+  def __init__(self, workdir: str | epath.PathLike, *, enabled: bool = True):
+    self._enabled = enabled
+    self._file = None
+    self._tensorboard = None
+    if not enabled:
+      return
+    workdir = epath.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    self._file = (workdir / METRICS_FILE).open("a")
+    try:
+      from clu import metric_writers  # pylint: disable=g-import-not-at-top
+      self._tensorboard = metric_writers.SummaryWriter(str(workdir / "tensorboard"))
+    except ImportError as e:  # clu.metric_writers needs tensorflow
+      logging.info("TensorBoard summaries disabled (%s); metrics go to %s and the log.", e,
+                   workdir / METRICS_FILE)
+
+  @property
+  def has_tensorboard(self) -> bool:
+    return self._tensorboard is not None
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    if not self._enabled:
+      return
+    values = {k: float(v) for k, v in scalars.items()}
+    self._file.write(json.dumps({"step": int(step), "time": time.time(), **values}) + "\n")
+    self._file.flush()
+    logging.info("[%d] %s", step, ", ".join(f"{k}={v:.5g}" for k, v in values.items()))
+    if self._tensorboard is not None:
+      self._tensorboard.write_scalars(step, values)
+
+  def close(self):
+    if self._file is not None:
+      self._file.close()
+      self._file = None
+    if self._tensorboard is not None:
+      self._tensorboard.close()
+      self._tensorboard = None
+
+
+def read_metrics(workdir: str | epath.PathLike) -> list[dict[str, Any]]:
+  """All records of `workdir/metrics.jsonl`, in order."""
+  path = epath.Path(workdir) / METRICS_FILE
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+  """Matmul FLOPs of one full forward (both streams, all N query rows), per token.
+
+  Per layer and token: content stream q, k, v, o projections and the feed-forward; query stream q, o
+  and the feed-forward; in each stream the scores against N keys, the relative-position scores
+  against 2N - 1 distances and the weighted sum of N values; plus the projection of the 2N - 1
+  relative embeddings (once per stream and layer, shared by the N rows). Then the LM head.
+  """
+  d, hd, n = cfg.d_model, cfg.n_heads * cfg.d_head, seq_len
+  feed_forward = 2 * 2 * d * cfg.d_inner
+  attention = 2 * n * hd + 2 * (2 * n - 1) * hd + 2 * n * hd
+  relative = 2 * (2 * n - 1) * d * hd / n
+  content = 4 * 2 * d * hd + feed_forward + attention + relative
+  query = 2 * 2 * d * hd + feed_forward + attention + relative
+  return cfg.n_layers * (content + query) + 2 * d * cfg.vocab_size
+
+
+def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+  """Forward + backward (2x forward) matmul FLOPs per token."""
+  return 3.0 * forward_flops_per_token(cfg, seq_len)
+
+
+def measure_matmul_peak(dtype: Any = jnp.float32, size: int = 2048, repeats: int = 5) -> float:
+  """Measured FLOP/s of a square matmul on the default device (best of `repeats`)."""
+  dtype = jnp.dtype(dtype)
+  a = jnp.ones((size, size), dtype)
+  b = jnp.ones((size, size), dtype)
+  matmul = jax.jit(jnp.dot)
+  matmul(a, b).block_until_ready()
+  best = math.inf
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2.0 * size ** 3 / best * jax.local_device_count()
+
+
+def unigram_entropy(token_batches: Iterable[np.ndarray], valid_batches: Iterable[np.ndarray],
+                    vocab_size: int) -> tuple[float, int]:
+  """Entropy (nats) of the empirical unigram distribution of the valid tokens, and their count.
+
+  This is the loss of the best context-free predictor fitted to these very tokens: a model that
+  uses context must beat it.
+  """
+  counts = np.zeros((vocab_size,), np.int64)
+  for tokens, valid in zip(token_batches, valid_batches):
+    counts += np.bincount(np.asarray(tokens)[np.asarray(valid, bool)], minlength=vocab_size)
+  total = int(counts.sum())
+  if total == 0:
+    return float("nan"), 0
+  p = counts[counts > 0] / total
+  return float(-(p * np.log(p)).sum()), total

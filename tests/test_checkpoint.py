@@ -1,0 +1,94 @@
+"""Checkpoints: resuming equals never stopping; run directories load for inference on their own."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import train_helpers
+from asarm_jax import checkpoint
+from asarm_jax import metrics
+from asarm_jax import train_lib
+
+STEPS = 6  # 2n, with n = 3
+
+
+def _config(num_train_steps, **overrides):
+  return train_helpers.tiny_config(num_train_steps=num_train_steps, checkpoint_every_steps=2,
+                                   keep_checkpoints=2, num_eval_batches=0, **overrides)
+
+
+def _train_losses(workdir):
+  """{step: loss}; every step must have been trained exactly once."""
+  records = [(r["step"], r["train/loss"]) for r in metrics.read_metrics(workdir)
+             if "train/loss" in r]
+  steps = [step for step, _ in records]
+  assert len(steps) == len(set(steps)), f"steps trained more than once: {steps}"
+  return dict(records)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  """A run of 2n steps without interruption."""
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  train_lib.train_and_evaluate(_config(STEPS), workdir)
+  return workdir
+
+
+def test_resume_gives_the_same_losses_and_params_as_never_stopping(straight_run, tmp_path):
+  workdir = str(tmp_path / "resumed")
+  train_lib.train_and_evaluate(_config(STEPS // 2), workdir)  # n steps, then stop
+  assert sorted(_train_losses(workdir)) == [1, 2, 3]
+  train_lib.train_and_evaluate(_config(STEPS), workdir)  # restart: n more
+  resumed, straight = _train_losses(workdir), _train_losses(straight_run)
+  assert sorted(resumed) == list(range(1, STEPS + 1))
+  assert resumed == straight  # exactly: same params, optimizer state, data position and rng
+  _, resumed_params, _ = checkpoint.load_for_inference(workdir)
+  _, straight_params, _ = checkpoint.load_for_inference(straight_run)
+  for a, b in zip(jax.tree.leaves(resumed_params), jax.tree.leaves(straight_params)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_keeps_the_last_k_checkpoints(straight_run):
+  checkpointer = checkpoint.Checkpointer(straight_run, read_only=True)
+  assert checkpointer.all_steps() == [4, 6]  # every 2 steps, keep 2
+  checkpointer.close()
+  data_state = os.path.join(straight_run, "checkpoints", "6", "data", "process_0-of-1.json")
+  assert json.load(open(data_state))  # the grain iterator position
+
+
+def test_load_for_inference_needs_only_the_workdir(straight_run):
+  model_cfg, params, tokenizer = checkpoint.load_for_inference(straight_run)
+  assert model_cfg.vocab_size == tokenizer.vocab_size
+  assert model_cfg.mask_token_id == tokenizer.mask_id
+  assert model_cfg.d_model == 32 and model_cfg.n_layers == 2
+  expected = jax.eval_shape(lambda: train_lib.init_params(model_cfg, jax.random.key(0)))
+  assert jax.tree.structure(params) == jax.tree.structure(expected)
+  for leaf, want in zip(jax.tree.leaves(params), jax.tree.leaves(expected)):
+    assert leaf.shape == want.shape and leaf.dtype == want.dtype
+  _, older, _ = checkpoint.load_for_inference(straight_run, step=4)
+  assert not np.array_equal(older["embedding"], params["embedding"])
+  with pytest.raises(FileNotFoundError, match="step 5"):
+    checkpoint.load_for_inference(straight_run, step=5)
+
+
+def test_incompatible_workdir_fails_before_any_work(straight_run):
+  run_file = os.path.join(straight_run, checkpoint.RUN_FILE)
+  before = (os.path.getmtime(run_file), sorted(os.listdir(straight_run)))
+  config = _config(STEPS + 2)
+  config.model.d_model = 48
+  with pytest.raises(ValueError, match=r"incompatible config(.|\n)*model\.d_model: 32"):
+    train_lib.train_and_evaluate(config, straight_run)
+  assert (os.path.getmtime(run_file), sorted(os.listdir(straight_run))) == before
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path, straight_run):
+  with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+    checkpoint.load_for_inference(tmp_path)
+  # run.json and the tokenizer but no checkpoint yet.
+  for name in (checkpoint.RUN_FILE, checkpoint.TOKENIZER_FILE):
+    with open(os.path.join(straight_run, name), "rb") as src:
+      (tmp_path / name).write_bytes(src.read())
+  with pytest.raises(FileNotFoundError, match="no checkpoint found in .*checkpoints"):
+    checkpoint.load_for_inference(tmp_path)

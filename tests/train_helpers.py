@@ -1,0 +1,49 @@
+"""Shared helpers of the training tests: tiny configs and synthetic batches."""
+import os
+import sys
+
+import numpy as np
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(_ROOT, "configs"))
+
+import default  # noqa: E402  (configs/default.py)
+
+VOCAB = 64
+MASK_ID = 3
+
+
+def tiny_config(**overrides):
+  """The default config shrunk to a model that trains in milliseconds per step.
+
+  Keys of `overrides` are dotted paths ('optimizer.learning_rate').
+  """
+  config = default.get_config()
+  config.model.update(d_model=32, n_layers=2, n_heads=2, d_head=16, d_inner=64, max_len=64)
+  config.data.update(vocab_size=400, tokenizer_max_chars=300_000, max_documents=40,
+                     read_threads=1)
+  config.seq_len = 16
+  config.batch_size = 8
+  config.num_train_steps = 4
+  config.optimizer.update(learning_rate=1e-3, warmup_steps=0, decay="constant")
+  config.log_every_steps = 1
+  config.eval_every_steps = 1000
+  config.num_eval_batches = 1
+  config.eval_batch_size = 8
+  config.checkpoint_every_steps = 1000
+  config.progress_bar = False
+  config.measure_peak_flops = False
+  for key, value in overrides.items():
+    section, _, name = key.rpartition(".")
+    (config[section] if section else config)[name] = value
+  return config
+
+
+def synthetic_batch(batch_size, seq_len, seed=0, vocab=VOCAB, padded_rows=1):
+  """A batch with a few padded tails: 'tokens' int32 [B, N], 'valid' bool [B, N]."""
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(4, vocab, (batch_size, seq_len)).astype(np.int32)
+  lengths = np.full((batch_size,), seq_len)
+  lengths[:padded_rows] = rng.integers(1, seq_len, padded_rows)
+  valid = np.arange(seq_len)[None, :] < lengths[:, None]
+  return {"tokens": np.where(valid, tokens, 0).astype(np.int32), "valid": valid}
