@@ -184,11 +184,53 @@ def hidden_cross_entropy(logits: jax.Array, targets: jax.Array, hidden: jax.Arra
   return LossMetrics.single_from_model_output(loss=cross_entropy, accuracy=correct, mask=hidden)
 
 
+def draw_order(rng: jax.Array, valid: jax.Array, masking: MaskingConfig,
+               step: jax.Array | int = 0, rates: jax.Array | None = None) -> Order:
+  """Draws the masking rates (unless given), hidden sets and order of a batch.
+
+  Args:
+    rng: PRNG key.
+    valid: bool [B, N], False on padding.
+    masking: masking-rate range, warm-up and hidden order.
+    step: the optimizer step (drives the masking-rate warm-up).
+    rates: optional float32 [B] masking rates to use instead of drawing them.
+  """
+  rate_rng, order_rng = jax.random.split(rng)
+  if rates is None:
+    low, high = rate_range(masking, step)
+    rates = sample_rates(rate_rng, valid.shape[0], low, high, stratified=masking.stratified)
+  return make_order(order_rng, valid, rates, masking.hidden_order)
+
+
+def order_loss(params: Any, tokens: jax.Array, order: Order, *, model_cfg: ModelConfig,
+               dropout_rng: jax.Array | None = None, deterministic: bool = False
+               ) -> tuple[jax.Array, LossMetrics]:
+  """Mean cross-entropy of the query-stream logits over `order.hidden`, under the order's density
+  masks with the visible block as the prompt.
+
+  Args:
+    params: the ASARM parameters.
+    tokens: int32 [B, N].
+    order: from `draw_order` / `make_order`.
+    model_cfg: the model's configuration.
+    dropout_rng: PRNG key for dropout (needed unless deterministic).
+    deterministic: True disables dropout.
+
+  Returns:
+    (loss, LossMetrics).
+  """
+  logits = ASARM(model_cfg).apply({"params": params}, tokens, order.ranks,
+                                  num_prompt=order.num_prompt, deterministic=deterministic,
+                                  rngs=None if deterministic else {"dropout": dropout_rng})
+  metrics = hidden_cross_entropy(logits, tokens, order.hidden)
+  return metrics.loss.total / jnp.maximum(metrics.loss.count, 1), metrics
+
+
 def any_order_loss(params: Any, batch: dict[str, jax.Array], rng: jax.Array, *,
                    model_cfg: ModelConfig, masking: MaskingConfig, step: jax.Array | int = 0,
                    rates: jax.Array | None = None, deterministic: bool = False
                    ) -> tuple[jax.Array, LossMetrics]:
-  """The joint any-order objective of one batch.
+  """The joint any-order objective of one batch: `draw_order` then `order_loss`.
 
   Args:
     params: the ASARM parameters.
@@ -207,14 +249,7 @@ def any_order_loss(params: Any, batch: dict[str, jax.Array], rng: jax.Array, *,
   valid = batch.get("valid")
   if valid is None:
     valid = jnp.ones(tokens.shape, bool)
-  rate_rng, order_rng, dropout_rng = jax.random.split(rng, 3)
-  if rates is None:
-    low, high = rate_range(masking, step)
-    rates = sample_rates(rate_rng, tokens.shape[0], low, high, stratified=masking.stratified)
-  order = make_order(order_rng, valid, rates, masking.hidden_order)
-  logits = ASARM(model_cfg).apply({"params": params}, tokens, order.ranks,
-                                  num_prompt=order.num_prompt, deterministic=deterministic,
-                                  rngs=None if deterministic else {"dropout": dropout_rng})
-  metrics = hidden_cross_entropy(logits, tokens, order.hidden)
-  loss = metrics.loss.total / jnp.maximum(metrics.loss.count, 1)
-  return loss, metrics
+  order_rng, dropout_rng = jax.random.split(rng)
+  order = draw_order(order_rng, valid, masking, step, rates)
+  return order_loss(params, tokens, order, model_cfg=model_cfg, dropout_rng=dropout_rng,
+                    deterministic=deterministic)

@@ -140,9 +140,10 @@ def test_any_order_loss_matches_a_manual_forward():
   loss, metrics = objective.any_order_loss(params, batch, rng, model_cfg=CFG, masking=masking,
                                            deterministic=True)
   # Rebuild the same draws by hand.
-  rate_rng, order_rng, _ = jax.random.split(rng, 3)
+  order_rng, _ = jax.random.split(rng)
+  rate_rng, hide_rng = jax.random.split(order_rng)
   rates = objective.sample_rates(rate_rng, 3, 0.2, 0.8)
-  order = objective.make_order(order_rng, batch["valid"], rates)
+  order = objective.make_order(hide_rng, batch["valid"], rates)
   logits = ASARM(CFG).apply({"params": params}, batch["tokens"], order.ranks, order.num_prompt)
   log_probs = np.asarray(jax.nn.log_softmax(logits))
   nll = -np.take_along_axis(log_probs, np.asarray(batch["tokens"])[..., None], -1)[..., 0]
@@ -164,9 +165,7 @@ def test_padding_is_never_hidden_and_cannot_change_the_loss():
                                                        masking=masking, deterministic=True)
   np.testing.assert_allclose(other_loss, loss, rtol=1e-6)
   assert int(other_metrics.loss.count) == int(metrics.loss.count)
-  rate_rng, order_rng, _ = jax.random.split(rng, 3)
-  rates = objective.sample_rates(rate_rng, 3, 0.5, 1.0)
-  order = objective.make_order(order_rng, batch["valid"], rates)
+  order = objective.draw_order(jax.random.split(rng)[0], batch["valid"], masking)
   assert not np.any(np.asarray(order.hidden) & ~np.asarray(batch["valid"]))
   assert int(order.hidden[2].sum()) == 0  # an all-padding row contributes nothing
 
