@@ -1,6 +1,9 @@
 """asarm_jax: Any-Subset Autoregressive Models and exact Any-Subset Speculative Decoding in JAX/Flax."""
-from asarm_jax import masks
+from asarm_jax import masks, sampling
 from asarm_jax.cache import KVCache
+from asarm_jax.infilling import infill, infill_many
 from asarm_jax.model import ASARM, ModelConfig, empty_cache, init_params
+from asarm_jax.sampling import sample
 
-__all__ = ["ASARM", "KVCache", "ModelConfig", "empty_cache", "init_params", "masks"]
+__all__ = ["ASARM", "KVCache", "ModelConfig", "empty_cache", "infill", "infill_many",
+           "init_params", "masks", "sample", "sampling"]
