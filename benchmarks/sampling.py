@@ -1,0 +1,731 @@
+"""Sampling benchmark: every exact sampler of `asarm_jax.sampling` vs sequential and vs HF-torch.
+
+python -m benchmarks.sampling --workdir runs/default [--out benchmarks/results/sampling.json]
+python -m benchmarks.sampling --random_model      # untrained model of configs/default.py's sizes
+python -m benchmarks.sampling --quick             # tiny random model, N=32: a < 60 s smoke run
+
+One run, one machine, one model, the same prompts for every method: chunks of N tokens of held-out
+text (the stdlib corpus's validation split, cut with the model's tokenizer), with a random subset of
+50% or 90% of the positions hidden and generated in the paper's infill order (prompt first, then the
+hidden positions left to right), at temperature 1.
+
+What is measured per configuration (model, N, hidden fraction, batch, method, cache setting): NFE,
+rounds and tokens per round (per row, averaged over the batch), compile time (separately, by
+`sampling.timed_sample`), run time (median of `repeats` runs after one warm-up run; a configuration
+whose first run exceeds `long_run_s` is timed by that run alone), tokens/s (all rows), and ratios to
+sequential decoding with the same cache setting and batch, and to the HF-torch peer
+(`benchmarks/hf_baseline.py`: transformers' XLNetLMHeadModel on the same weights, sequential, one
+full forward per token). The issue's targets are evaluated from these numbers in `targets`.
+
+Methods are rows of `METHOD_SPECS` (keyword arguments of `sampling.sample`); a spec or cache setting
+that the current `sampling.sample` does not offer is listed under `skipped` with the reason, never
+approximated. The settings benchmarked are the blocks of `FULL_PLAN` / `QUICK_PLAN`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import inspect
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from asarm_jax import masks, sampling
+from asarm_jax.model import ModelConfig, init_params
+
+SCHEMA_VERSION = 1
+RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+HF = "hf_torch"
+OURS = "asarm_jax"
+
+# ----------------------------------------------------------------------------------------------------
+# What is benchmarked. Each method is one line; `options` are keyword arguments of `sampling.sample`.
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+  """One sampler configuration."""
+  name: str                              # row label
+  options: tuple[tuple[str, Any], ...]   # keyword arguments of sampling.sample
+  description: str
+  exact: bool = True                     # draws from the sequential law (lossy options: False)
+
+  @property
+  def kwargs(self) -> dict[str, Any]:
+    return dict(self.options)
+
+
+def _spec(name: str, description: str, **options) -> MethodSpec:
+  return MethodSpec(name, tuple(sorted(options.items())), description)
+
+
+METHOD_SPECS = (
+    _spec("sequential", "one forward per token", method="sequential"),
+    _spec("assd_k2", "ASSD, 2 drafts per round", method="assd", draft_len=2),
+    _spec("assd_k4", "ASSD, 4 drafts per round", method="assd", draft_len=4),
+    _spec("assd_k5", "ASSD, 5 drafts per round (the paper's k)", method="assd", draft_len=5),
+    _spec("assd_k8", "ASSD, 8 drafts per round", method="assd", draft_len=8),
+    _spec("assd_fused_k5", "fused ASSD: the verify forward also drafts the next round",
+          method="assd_fused", draft_len=5),
+    _spec("assd_adaptive", "ASSD with an adaptive draft length", method="assd",
+          adaptive_draft_len=True),
+)
+SPECS_BY_NAME = {spec.name: spec for spec in METHOD_SPECS}
+# The spec whose cached / uncached run times define the cache target (the paper's k).
+CACHE_TARGET_SPEC = "assd_k5"
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+  """A product of settings to benchmark."""
+  seq_lens: tuple[int, ...]
+  hidden_fractions: tuple[float, ...]
+  batches: tuple[int, ...]
+  methods: tuple[str, ...] | None    # names in METHOD_SPECS; None = all
+  use_cache: tuple[bool, ...]
+  hf: bool = False                   # also time the HF-torch sequential peer on these settings
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """Everything that fixes one benchmark run besides the model."""
+  name: str
+  blocks: tuple[Block, ...]
+  headline_seq_len: int     # the N at which the targets are evaluated
+  repeats: int              # timed runs after the warm-up (median reported)
+  long_run_s: float         # a first run longer than this is the only timed run
+  hf_warmup_steps: int = 2  # HF forwards before timing (HF has nothing to compile)
+
+
+_LARGE_BATCH_METHODS = ("sequential", "assd_k5", "assd_fused_k5", "assd_adaptive")
+FULL_PLAN = Plan(
+    name="full",
+    blocks=(
+        # Every method, cached, at batch 1, with the HF peer on the same prompts.
+        Block((256, 512), (0.5, 0.9), (1,), None, (True,), hf=True),
+        # Uncached (full recomputation every forward) at the headline setting.
+        Block((512,), (0.9,), (1,), None, (False,)),
+        Block((256,), (0.9,), (1,), ("sequential", "assd_k5"), (False,)),
+        # Batching.
+        Block((512,), (0.9,), (8, 32), _LARGE_BATCH_METHODS, (True,)),
+        Block((256,), (0.5,), (8, 32), ("sequential", "assd_k5"), (True,)),
+    ),
+    headline_seq_len=512, repeats=3, long_run_s=5.0)
+QUICK_PLAN = Plan(
+    name="quick",
+    blocks=(
+        Block((32,), (0.5, 0.9), (1,), ("sequential", "assd_k4", "assd_fused_k5", "assd_adaptive"),
+              (True, False), hf=True),
+        Block((32,), (0.9,), (4,), ("sequential", "assd_k4"), (True,)),
+    ),
+    headline_seq_len=32, repeats=2, long_run_s=2.0, hf_warmup_steps=1)
+# The quick plan's model: a tiny random AS-ARM.
+QUICK_MODEL = dict(d_model=64, n_layers=2, n_heads=2, d_head=32, d_inner=128, max_len=64)
+QUICK_VOCAB = 512
+
+
+# ----------------------------------------------------------------------------------------------------
+# Which specs the current sampler offers.
+
+
+def unsupported_reason(spec: MethodSpec, use_cache: bool) -> str | None:
+  """Why `sampling.sample` cannot run `spec` with `use_cache`, or None if it can."""
+  parameters = inspect.signature(sampling.sample).parameters
+  methods = tuple(getattr(sampling, "METHODS", ()))
+  method = spec.kwargs.get("method", "assd")
+  if method not in methods:
+    return f"sampling.METHODS {methods} has no {method!r}"
+  missing = [name for name in spec.kwargs if name not in parameters]
+  if missing:
+    return f"sampling.sample has no parameter {', '.join(missing)}"
+  if use_cache and "use_cache" not in parameters:
+    return "sampling.sample has no use_cache parameter (every forward recomputes the sequence)"
+  return None
+
+
+def _sample_kwargs(spec: MethodSpec, use_cache: bool) -> dict[str, Any]:
+  kwargs = spec.kwargs
+  if "use_cache" in inspect.signature(sampling.sample).parameters:
+    kwargs["use_cache"] = use_cache
+  return kwargs
+
+
+# ----------------------------------------------------------------------------------------------------
+# Models and prompts.
+
+
+@dataclasses.dataclass
+class Model:
+  """A model under test and (lazily) its Hugging Face export."""
+  label: str
+  cfg: ModelConfig
+  params: Any
+  description: str
+  _hf: Any = None
+
+  def hf(self):
+    if self._hf is None:
+      from asarm_jax.convert_hf import export_hf_xlnet  # torch + transformers: only when needed
+      with tempfile.TemporaryDirectory() as directory:
+        self._hf = export_hf_xlnet(self.cfg, self.params, directory)
+    return self._hf
+
+
+def _train_split_tokenizer(vocab_size: int, max_chars: int):
+  from asarm_jax.data import load_texts, train_tokenizer
+  return train_tokenizer(load_texts("stdlib", "train"), vocab_size=vocab_size,
+                         max_chars=max_chars)
+
+
+def _random_params(cfg: ModelConfig, seed: int):
+  return init_params(cfg, jax.random.key(seed))
+
+
+def load_model(*, workdir: str | None, random_model: bool, quick: bool, seed: int
+               ) -> tuple[Model, Any]:
+  """The model under test and its tokenizer."""
+  if quick:
+    tokenizer = _train_split_tokenizer(QUICK_VOCAB, 300_000)
+    cfg = ModelConfig(vocab_size=tokenizer.vocab_size, mask_token_id=tokenizer.mask_id,
+                      **QUICK_MODEL)
+    return Model("tiny_random", cfg, _random_params(cfg, seed),
+                 f"untrained tiny model {QUICK_MODEL} (quick mode; numbers are a smoke test)"
+                 ), tokenizer
+  if random_model:
+    from configs import default as default_config
+    config = default_config.get_config()
+    tokenizer = _train_split_tokenizer(config.data.vocab_size, 2_000_000)
+    cfg = ModelConfig(vocab_size=tokenizer.vocab_size, mask_token_id=tokenizer.mask_id,
+                      **config.model.to_dict())
+    return Model("random_default_size", cfg, _random_params(cfg, seed),
+                 "UNTRAINED model with configs/default.py's sizes (init_params): timings are "
+                 "representative, NFE and acceptance rates are not"), tokenizer
+  from asarm_jax import checkpoint  # orbax: slow to import, only needed here
+  cfg, params, tokenizer = checkpoint.load_for_inference(workdir)
+  directory = pathlib.Path(workdir) / checkpoint.CHECKPOINT_DIR
+  steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+  return Model("trained", cfg, params,
+               f"trained checkpoint {workdir} (step {steps[-1]})"), tokenizer
+
+
+def same_size_random(model: Model, max_len: int, seed: int) -> Model:
+  """For N beyond the model's max_len: an untrained model of the same size that accepts N."""
+  cfg = dataclasses.replace(model.cfg, max_len=max_len)
+  return Model(f"random_same_size_len{max_len}", cfg, _random_params(cfg, seed),
+               f"UNTRAINED model of the same size as {model.label!r} with max_len {max_len} "
+               f"(the model under test has max_len {model.cfg.max_len})")
+
+
+def text_chunks(tokenizer, seq_len: int, count: int) -> np.ndarray:
+  """`count` consecutive chunks int32 [count, seq_len] of validation-split text (eos-separated)."""
+  from asarm_jax.data import load_texts
+  needed, ids = seq_len * count, []
+  for text in load_texts("stdlib", "validation"):
+    ids.extend(tokenizer.encode(text))
+    ids.append(tokenizer.eos_id)
+    if len(ids) >= needed:
+      return np.asarray(ids[:needed], np.int32).reshape(count, seq_len)
+  raise ValueError(f"the validation split holds {len(ids)} tokens, fewer than {needed}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+  """One batch of prompts: the first `batch` chunks, each with its own hidden subset."""
+  tokens: np.ndarray   # int32 [B, N]
+  ranks: np.ndarray    # int32 [B, N]: the infill order
+  num_prompt: int      # the same for every row: N - int(N * hidden_fraction)
+
+
+def make_problem(chunks: np.ndarray, hidden_fraction: float, batch: int, seed: int) -> Problem:
+  """Row b hides a random subset (seeded by (seed, N, fraction, b)) of chunk b, infill order."""
+  length = chunks.shape[1]
+  num_hidden = int(length * hidden_fraction)
+  is_prompt = np.ones((batch, length), bool)
+  for row in range(batch):
+    rng = np.random.default_rng((seed, length, round(hidden_fraction * 1000), row))
+    is_prompt[row, rng.choice(length, num_hidden, replace=False)] = False
+  ranks = np.asarray(masks.infill_ranks(jnp.asarray(is_prompt)), np.int32)
+  return Problem(chunks[:batch], ranks, length - num_hidden)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Timing.
+
+
+def _median_runs(run: Callable[[], float], first: float, plan: Plan) -> tuple[list[float], bool]:
+  """Run times: `plan.repeats` after `first` (the warm-up), or [first] if it was long."""
+  if first > plan.long_run_s:
+    return [first], False
+  return [run() for _ in range(plan.repeats)], True
+
+
+def time_ours(model: Model, problem: Problem, spec: MethodSpec, use_cache: bool, plan: Plan,
+              sampling_options: dict[str, Any], seed: int) -> dict[str, Any]:
+  """Times `sampling.sample`; raises ValueError if the sampler rejects the configuration."""
+  kwargs = {**_sample_kwargs(spec, use_cache), **sampling_options}
+  key = jax.random.key(seed)
+
+  def call():
+    return sampling.timed_sample(model.params, model.cfg, problem.tokens, problem.ranks,
+                                 problem.num_prompt, key, **kwargs)
+
+  out, compile_s, first = call()
+  runs, warmed = _median_runs(lambda: call()[2], first, plan)
+  nfe, rounds = np.asarray(out.nfe), np.asarray(out.rounds)
+  return dict(implementation=OURS, method=spec.name, options=spec.kwargs, exact=spec.exact,
+              use_cache=bool(use_cache), nfe_mean=float(nfe.mean()), nfe_max=int(nfe.max()),
+              rounds_mean=float(rounds.mean()), rounds_max=int(rounds.max()),
+              accepted_mean=float(np.asarray(out.accepted).mean()),
+              compile_seconds=compile_s, run_seconds_all=runs, warmup=warmed)
+
+
+def time_hf(model: Model, problem: Problem, plan: Plan, sampling_options: dict[str, Any],
+            seed: int) -> dict[str, Any]:
+  """Times the HF-torch sequential peer (eager: nothing to compile)."""
+  from benchmarks import hf_baseline
+
+  hf_model = model.hf()
+
+  def call(num_steps=None):
+    return hf_baseline.hf_sequential(hf_model, problem.tokens, problem.ranks, problem.num_prompt,
+                                     mask_token_id=model.cfg.mask_token_id, seed=seed,
+                                     num_steps=num_steps, **sampling_options)
+
+  call(plan.hf_warmup_steps)
+  out = call()
+  runs = [out.seconds] if out.seconds > plan.long_run_s else [
+      out.seconds, *(call().seconds for _ in range(plan.repeats - 1))]
+  generated = problem.tokens.shape[1] - problem.num_prompt
+  return dict(implementation=HF, method="sequential", options={"method": "sequential"},
+              exact=True, use_cache=False, nfe_mean=float(out.nfe), nfe_max=out.nfe,
+              rounds_mean=float(generated), rounds_max=generated, accepted_mean=0.0,
+              compile_seconds=0.0, run_seconds_all=runs, warmup=True)
+
+
+def hf_thread_calibration(model: Model, problem: Problem) -> dict[str, Any]:
+  """Picks torch's thread count: every core, or 1 if one forward is faster with 1 (a loaded host).
+
+  Returns {'threads': chosen, 'seconds_per_forward': {threads: seconds}}.
+  """
+  import torch
+
+  from benchmarks import hf_baseline
+
+  cores = os.cpu_count() or 1
+  timings = {}
+  for threads in sorted({cores, 1}, reverse=True):
+    hf_baseline.set_threads(threads)
+    hf_baseline.hf_sequential(model.hf(), problem.tokens, problem.ranks, problem.num_prompt,
+                              mask_token_id=model.cfg.mask_token_id, num_steps=1)
+    out = hf_baseline.hf_sequential(model.hf(), problem.tokens, problem.ranks,
+                                    problem.num_prompt, mask_token_id=model.cfg.mask_token_id,
+                                    num_steps=3)
+    timings[threads] = out.seconds / 3
+  chosen = min(timings, key=lambda t: (timings[t], -t))
+  hf_baseline.set_threads(chosen)
+  return dict(threads=chosen, cores=cores, torch=torch.__version__,
+              seconds_per_forward={str(t): s for t, s in timings.items()})
+
+
+# ----------------------------------------------------------------------------------------------------
+# Derived numbers.
+
+
+def _setting(row: dict[str, Any]) -> tuple:
+  return (row["model"], row["seq_len"], row["hidden_fraction"], row["batch"])
+
+
+def finish_rows(rows: list[dict[str, Any]]) -> None:
+  """Adds medians, per-token figures and the ratios to sequential and to HF, in place."""
+  for row in rows:
+    row["run_seconds"] = statistics.median(row["run_seconds_all"])
+    row["tokens_generated"] = row["batch"] * row["generated_per_row"]
+    row["tokens_per_second"] = row["tokens_generated"] / row["run_seconds"]
+    row["tokens_per_round"] = row["generated_per_row"] / row["rounds_mean"]
+    row["nfe_per_token"] = row["nfe_mean"] / row["generated_per_row"]
+  sequential = {(*_setting(r), r["use_cache"]): r for r in rows
+                if r["implementation"] == OURS and r["method"] == "sequential"}
+  hf = {_setting(r): r for r in rows if r["implementation"] == HF}
+  for row in rows:
+    base = sequential.get((*_setting(row), row["use_cache"]))
+    ok = row["implementation"] == OURS and base is not None
+    row["speedup_vs_sequential"] = base["run_seconds"] / row["run_seconds"] if ok else None
+    row["nfe_ratio_vs_sequential"] = row["nfe_mean"] / base["nfe_mean"] if ok else None
+    peer = hf.get(_setting(row))
+    row["speedup_vs_hf"] = peer["run_seconds"] / row["run_seconds"] if peer else None
+
+
+def _find(rows, **where) -> list[dict[str, Any]]:
+  return [r for r in rows if all(r.get(k) == v for k, v in where.items())]
+
+
+def _target(description: str, value: float | None, target: float, higher_is_better: bool,
+            where: dict[str, Any], detail: dict[str, Any] | None = None,
+            missing: str = "") -> dict[str, Any]:
+  met = value is not None and (value >= target if higher_is_better else value <= target)
+  result = dict(description=description, measured=value,
+                target=f"{'>=' if higher_is_better else '<='} {target:g}", target_value=target,
+                met=bool(met), where=where)
+  if detail:
+    result["detail"] = detail
+  if value is None:
+    result["note"] = f"not measured: {missing}"
+  return result
+
+
+def evaluate_targets(rows: list[dict[str, Any]], plan: Plan, model_label: str
+                     ) -> dict[str, dict[str, Any]]:
+  """The issue's four targets, each a ratio of numbers measured in this run."""
+  n = plan.headline_seq_len
+  head = dict(model=model_label, seq_len=n, hidden_fraction=0.9, batch=1)
+  ours = [r for r in _find(rows, implementation=OURS, exact=True, **head)]
+  targets = {}
+
+  # 1. Cache: uncached / cached run time of the same ASSD spec.
+  cached = {r["method"]: r for r in ours if r["use_cache"] and r["method"].startswith("assd")}
+  uncached = {r["method"]: r for r in ours
+              if not r["use_cache"] and r["method"].startswith("assd")}
+  per_spec = {name: uncached[name]["run_seconds"] / cached[name]["run_seconds"]
+              for name in sorted(set(cached) & set(uncached))}
+  targets["cache_speedup_assd"] = _target(
+      f"{CACHE_TARGET_SPEC}: wall-clock without cache / with cache", per_spec.get(CACHE_TARGET_SPEC),
+      10, True, {**head, "method": CACHE_TARGET_SPEC}, {"per_assd_spec": per_spec},
+      "needs cached and uncached runs of that spec")
+
+  # 2. Best exact method (fastest row of ours) vs HF-torch sequential on the same prompts.
+  peer = _find(rows, implementation=HF, **head)
+  best = min(ours, key=lambda r: r["run_seconds"], default=None)
+  value = (peer[0]["run_seconds"] / best["run_seconds"]) if peer and best else None
+  targets["best_exact_vs_hf"] = _target(
+      "HF-torch sequential wall-clock / wall-clock of our fastest exact method", value, 10, True,
+      head, best and {"method": best["method"], "use_cache": best["use_cache"],
+                      "tokens_per_second": best["tokens_per_second"],
+                      "hf_tokens_per_second": peer[0]["tokens_per_second"] if peer else None},
+      "needs an HF row and one of ours at this setting")
+
+  # 3. NFE of the best exact method (fewest NFE) / sequential NFE, at 90% hidden.
+  fewest = min((r for r in ours if r["nfe_ratio_vs_sequential"] is not None),
+               key=lambda r: r["nfe_ratio_vs_sequential"], default=None)
+  targets["nfe_best_vs_sequential_90"] = _target(
+      "NFE of the exact method with the fewest NFE / NFE of sequential decoding",
+      fewest and fewest["nfe_ratio_vs_sequential"], 0.5, False, head,
+      fewest and {"method": fewest["method"], "use_cache": fewest["use_cache"],
+                  "nfe": fewest["nfe_mean"]},
+      "needs sequential and another exact method at this setting")
+
+  # 4. Batching: tokens/s at the largest batch / at batch 1, same method and cache setting, for the
+  # method that is fastest at the largest batch.
+  batches = sorted({b for block in plan.blocks for b in block.batches})
+  large = batches[-1]
+  big = _find(rows, implementation=OURS, exact=True, model=model_label, seq_len=n,
+              hidden_fraction=0.9, batch=large)
+  pairs = []
+  for row in big:
+    single = _find(ours, method=row["method"], use_cache=row["use_cache"])
+    if single:
+      pairs.append((row["tokens_per_second"] / single[0]["tokens_per_second"], row))
+  value, row = max(pairs, key=lambda p: p[1]["tokens_per_second"], default=(None, None))
+  targets[f"batch{large}_vs_batch1_tokens_per_s"] = _target(
+      f"tokens/s at batch {large} / tokens/s at batch 1 (same method and cache setting; the method "
+      f"fastest at batch {large})", value, 10, True, {**head, "batch": [1, large]},
+      row and {"method": row["method"], "use_cache": row["use_cache"],
+               "per_method": {f"{r['method']}{'' if r['use_cache'] else ' (no cache)'}": v
+                              for v, r in pairs}},
+      f"needs batch 1 and batch {large} rows of the same method")
+  return targets
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reports.
+
+
+def _fmt(value, spec: str = ".2f", none: str = "–") -> str:
+  return none if value is None else format(value, spec)
+
+
+def _label(row: dict[str, Any]) -> str:
+  if row["implementation"] == HF:
+    return "HF-torch sequential"
+  return row["method"]
+
+
+def _cache(row: dict[str, Any]) -> str:
+  if row["implementation"] == HF:
+    return "n/a"
+  return "yes" if row["use_cache"] else "no"
+
+
+_COLUMNS = ("N", "hidden", "batch", "method", "cache", "NFE", "rounds", "tok/round", "compile s",
+            "run s", "tok/s", "× seq", "NFE/seq", "× HF")
+
+
+def _table_row(row: dict[str, Any]) -> str:
+  cells = (str(row["seq_len"]), f"{row['hidden_fraction']:.0%}", str(row["batch"]), _label(row),
+           _cache(row), _fmt(row["nfe_mean"], ".1f"), _fmt(row["rounds_mean"], ".1f"),
+           _fmt(row["tokens_per_round"]), _fmt(row["compile_seconds"], ".1f"),
+           _fmt(row["run_seconds"], ".3f"), _fmt(row["tokens_per_second"], ".1f"),
+           _fmt(row["speedup_vs_sequential"]), _fmt(row["nfe_ratio_vs_sequential"]),
+           _fmt(row["speedup_vs_hf"], ".1f"))
+  return "| " + " | ".join(cells) + " |"
+
+
+def _sort_key(row):
+  return (row["seq_len"], row["hidden_fraction"], row["batch"], row["implementation"] == OURS,
+          not row["use_cache"], _label(row))
+
+
+def markdown(results: dict[str, Any], *, full: bool) -> str:
+  """The targets and the headline table (N = headline, 90% hidden, batch 1); with `full`, every
+  configuration as well."""
+  rows = results["results"]
+  head = results["plan"]["headline_seq_len"]
+  lines = [f"Model: {results['model']['description']}. Host: {results['machine']['summary']}.",
+           "", "| target | measured | goal | met |", "|---|---|---|---|"]
+  for name, target in results["targets"].items():
+    lines.append(f"| {name}: {target['description']} | {_fmt(target['measured'])} | "
+                 f"{target['target']} | {'yes' if target['met'] else 'no'} |")
+  header = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
+  headline = [r for r in rows if r["seq_len"] == head and r["hidden_fraction"] == 0.9
+              and r["batch"] == 1 and r["model"] == results["model"]["label"]]
+  lines += ["", f"N = {head}, 90% hidden, batch 1:", "", *header,
+            *(_table_row(r) for r in sorted(headline, key=_sort_key))]
+  if full:
+    lines += ["", "All configurations:", "", *header,
+              *(_table_row(r) for r in sorted(rows, key=_sort_key))]
+  if results["skipped"]:
+    lines += ["", "Skipped: " + "; ".join(
+        f"{s['method']} (cache {'yes' if s['use_cache'] else 'no'}): {s['reason']}"
+        for s in _unique_skips(results["skipped"]))]
+  return "\n".join(lines) + "\n"
+
+
+def _unique_skips(skipped: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+  seen, unique = set(), []
+  for s in skipped:
+    key = (s["method"], s["use_cache"], s["reason"])
+    if key not in seen:
+      seen.add(key)
+      unique.append(s)
+  return unique
+
+
+def _git_state() -> dict[str, Any]:
+  root = pathlib.Path(__file__).resolve().parent.parent
+  try:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                            text=True, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "asarm_jax"], cwd=root,
+                           capture_output=True, text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return {"commit": None}
+  return {"commit": commit, "asarm_jax_modified": bool(dirty)}
+
+
+def _machine() -> dict[str, Any]:
+  devices = jax.devices()
+  cores = os.cpu_count()
+  return dict(
+      summary=f"{platform.machine()} {cores}-core {devices[0].platform.upper()} "
+              f"({platform.processor() or platform.system()}), jax {jax.__version__}",
+      platform=platform.platform(), python=platform.python_version(), cpu_count=cores,
+      jax=jax.__version__, backend=jax.default_backend(),
+      devices=[str(d) for d in devices], load_average_start=list(os.getloadavg()))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The run.
+
+
+def _configs(plan: Plan) -> list[tuple[int, float, int, MethodSpec | None, bool]]:
+  """Unique (N, hidden, batch, spec, use_cache) in plan order; spec None = the HF peer."""
+  seen, configs = set(), []
+  for block in plan.blocks:
+    names = block.methods or tuple(SPECS_BY_NAME)
+    for n in block.seq_lens:
+      for fraction in block.hidden_fractions:
+        for batch in block.batches:
+          items = [(SPECS_BY_NAME[name], cache) for name in names for cache in block.use_cache]
+          if block.hf:
+            items.insert(0, (None, False))
+          for spec, cache in items:
+            key = (n, fraction, batch, spec and spec.name, cache)
+            if key not in seen:
+              seen.add(key)
+              configs.append((n, fraction, batch, spec, cache))
+  return configs
+
+
+def run_benchmark(*, workdir: str | None = None, random_model: bool = False, quick: bool = False,
+                  out: str | os.PathLike | None = None, seed: int = 0,
+                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                  repeats: int | None = None, hf: bool = True, plot: bool = True,
+                  command: str | None = None, log: Callable[[str], None] = print
+                  ) -> dict[str, Any]:
+  """Runs the benchmark; writes JSON (`out`), Markdown (.md) and a plot (.png) next to it.
+
+  Args:
+    workdir: a training run directory (`checkpoint.load_for_inference`).
+    random_model: an untrained model with configs/default.py's sizes instead of `workdir`.
+    quick: the quick plan (tiny random model, N=32); ignores `workdir` and `random_model`.
+    out: the JSON path (default benchmarks/results/sampling.json, or sampling_quick.json).
+    seed: seeds the hidden subsets, the random models and the samplers.
+    temperature, top_k, top_p: the sampling settings of every method (the HF peer's too).
+    repeats: timed runs per configuration (default: the plan's).
+    hf: time the HF-torch peer (needs torch and transformers).
+    plot: write the PNG.
+    command: how the run was started, for the record (default: this call).
+    log: progress lines.
+
+  Returns:
+    The results dict written to `out`.
+
+  Raises:
+    ValueError: no model named, or both.
+  """
+  if not quick and random_model == (workdir is not None):
+    raise ValueError("name exactly one model: --workdir DIR or --random_model (or use --quick)")
+  start = time.perf_counter()
+  plan = QUICK_PLAN if quick else FULL_PLAN
+  if repeats is not None:
+    plan = dataclasses.replace(plan, repeats=repeats)
+  out = pathlib.Path(out or RESULTS_DIR / f"sampling{'_quick' if quick else ''}.json")
+  sampling_options = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+  model, tokenizer = load_model(workdir=workdir, random_model=random_model, quick=quick, seed=seed)
+  log(f"model: {model.description}; {model.cfg}")
+  models = {}  # N -> the model that runs it
+
+  def model_for(n):
+    if n not in models:
+      models[n] = model if n <= model.cfg.max_len else same_size_random(model, n, seed)
+    return models[n]
+
+  configs = _configs(plan)
+  max_batch = {n: max(c[2] for c in configs if c[0] == n) for n in {c[0] for c in configs}}
+  chunks = {n: text_chunks(tokenizer, n, count) for n, count in max_batch.items()}
+  rows, skipped, calibration = [], [], None
+  for index, (n, fraction, batch, spec, use_cache) in enumerate(configs):
+    name = spec.name if spec else HF
+    if spec is None and not hf:
+      continue
+    reason = unsupported_reason(spec, use_cache) if spec else None
+    setting = dict(model=model_for(n).label, seq_len=n, hidden_fraction=fraction, batch=batch)
+    if reason:
+      skipped.append(dict(method=name, use_cache=use_cache, reason=reason, **setting))
+      continue
+    problem = make_problem(chunks[n], fraction, batch, seed)
+    try:
+      if spec is None:
+        if calibration is None:
+          calibration = hf_thread_calibration(model_for(n), problem)
+          log(f"torch threads: {calibration}")
+        measured = time_hf(model_for(n), problem, plan, sampling_options, seed)
+      else:
+        measured = time_ours(model_for(n), problem, spec, use_cache, plan, sampling_options, seed)
+    except ValueError as error:  # the sampler rejects this combination: record why, run the rest
+      skipped.append(dict(method=name, use_cache=use_cache, reason=f"ValueError: {error}",
+                          **setting))
+      continue
+    row = dict(**setting, num_prompt=problem.num_prompt, generated_per_row=n - problem.num_prompt,
+               **measured)
+    rows.append(row)
+    log(f"[{index + 1}/{len(configs)} {time.perf_counter() - start:6.0f}s] N={n} "
+        f"hidden={fraction:.0%} batch={batch} {name} cache={use_cache}: nfe {row['nfe_mean']:.1f}, "
+        f"compile {row['compile_seconds']:.1f}s, run {statistics.median(row['run_seconds_all']):.3f}s")
+  finish_rows(rows)
+  results = dict(
+      schema_version=SCHEMA_VERSION,
+      created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      command=command or (f"run_benchmark(workdir={workdir!r}, random_model={random_model}, "
+                          f"quick={quick}, seed={seed}, repeats={repeats})"),
+      mode=plan.name,
+      machine={**_machine(), "load_average_end": list(os.getloadavg())},
+      git=_git_state(),
+      model=dict(label=model.label, description=model.description, config=model.cfg.to_dict(),
+                 num_params=int(sum(x.size for x in jax.tree.leaves(model.params))),
+                 others={m.label: m.description for m in models.values() if m is not model}),
+      data=dict(source="stdlib corpus, validation split (held out from training)",
+                prompts="row b of every batch is chunk b of consecutive N-token chunks of the "
+                        "eos-joined validation documents; it hides a random subset of "
+                        "int(N * hidden_fraction) positions (seeded per row), generated in the "
+                        "infill order (prompt, then hidden positions left to right)"),
+      sampling=dict(**sampling_options, order="infill", seed=seed),
+      plan=dict(**{k: v for k, v in dataclasses.asdict(plan).items() if k != "blocks"},
+                blocks=[dataclasses.asdict(b) for b in plan.blocks]),
+      timing=dict(compile="sampling.timed_sample: lower + compile, excluded from run times",
+                  run=f"median of {plan.repeats} runs after one warm-up run; a configuration whose "
+                      f"first run takes more than {plan.long_run_s:g} s is timed by that run "
+                      "alone (warmup: false)",
+                  hf="eager torch, torch.no_grad, eval mode; warm-up of "
+                     f"{plan.hf_warmup_steps} forwards, then the same rule",
+                  hf_threads=calibration),
+      methods={spec.name: dict(options=spec.kwargs, description=spec.description,
+                               exact=spec.exact) for spec in METHOD_SPECS},
+      sampler=dict(methods=list(getattr(sampling, "METHODS", ())),
+                   sample_parameters=list(inspect.signature(sampling.sample).parameters)),
+      results=sorted(rows, key=_sort_key),
+      skipped=skipped,
+      targets=evaluate_targets(rows, plan, model.label),
+      total_seconds=time.perf_counter() - start,
+  )
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(results, indent=1) + "\n")
+  out.with_suffix(".md").write_text(markdown(results, full=True))
+  if plot:
+    from benchmarks import plot as plot_lib
+    plot_lib.plot(results, out.with_suffix(".png"))
+  log(markdown(results, full=False))
+  log(f"wrote {out} (+ .md{', .png' if plot else ''}) in {results['total_seconds']:.0f} s")
+  return results
+
+
+def main(argv: Sequence[str]) -> None:
+  from absl import flags
+
+  if len(argv) > 1:
+    raise SystemExit(f"unexpected arguments: {argv[1:]}")
+  values = flags.FLAGS
+  try:
+    run_benchmark(workdir=values.workdir, random_model=values.random_model, quick=values.quick,
+                  out=values.out, seed=values.seed, temperature=values.temperature,
+                  top_k=values.top_k, top_p=values.top_p, repeats=values.repeats,
+                  hf=values.hf, plot=values.plot,
+                  command=" ".join(["python -m benchmarks.sampling", *sys.argv[1:]]))
+  except (ValueError, FileNotFoundError) as error:
+    sys.exit(f"error: {error}")
+
+
+def _define_flags() -> None:
+  from absl import flags
+
+  flags.DEFINE_string("workdir", None, "Training run directory of the model under test.")
+  flags.DEFINE_bool("random_model", False,
+                    "Use an untrained model with configs/default.py's sizes instead.")
+  flags.DEFINE_bool("quick", False, "Tiny random model, N=32, few configurations (< 60 s).")
+  flags.DEFINE_string("out", None, "JSON output (default benchmarks/results/sampling.json); the "
+                      ".md table and .png plot are written next to it.")
+  flags.DEFINE_integer("seed", 0, "Seeds hidden subsets, random models and samplers.")
+  flags.DEFINE_float("temperature", 1.0, "Sampling temperature of every method.")
+  flags.DEFINE_integer("top_k", 0, "Top-k of every method (0 = off).")
+  flags.DEFINE_float("top_p", 1.0, "Top-p of every method (1 = off).")
+  flags.DEFINE_integer("repeats", None, "Timed runs per configuration (default: the plan's).")
+  flags.DEFINE_bool("hf", True, "Time the HF-torch sequential peer.")
+  flags.DEFINE_bool("plot", True, "Write the PNG plot.")
+
+
+if __name__ == "__main__":
+  from absl import app
+
+  _define_flags()
+  app.run(main)

@@ -1,0 +1,202 @@
+"""benchmarks/: the HF-torch peer baseline decodes like ours; the benchmark's JSON is consistent."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from asarm_jax import ModelConfig, init_params, masks, processors, sampling  # noqa: E402
+from asarm_jax.convert_hf import export_hf_xlnet  # noqa: E402
+from benchmarks import hf_baseline  # noqa: E402
+
+LENGTH, VOCAB, MASK_ID = 12, 50, 49
+CFG = ModelConfig(vocab_size=VOCAB, mask_token_id=MASK_ID, d_model=32, n_layers=2, n_heads=4,
+                  d_head=8, d_inner=64, max_len=16)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+  """A tiny random model with O(1) logits (no near-ties), and its HF export."""
+  rng = np.random.default_rng(0)
+  shapes = jax.eval_shape(lambda: init_params(CFG, jax.random.key(0)))
+  params = jax.tree.map(lambda leaf: jnp.asarray(0.1 + 0.3 * rng.standard_normal(leaf.shape),
+                                                 leaf.dtype), shapes)
+  hf_model = export_hf_xlnet(CFG, params, tmp_path_factory.mktemp("hf"))
+  return params, hf_model
+
+
+def _problem(seed, batch, num_prompt, order):
+  """Random tokens, a random prompt set and the infill or a random order."""
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(0, VOCAB - 1, (batch, LENGTH))
+  is_prompt = np.zeros((batch, LENGTH), bool)
+  for row in range(batch):
+    is_prompt[row, rng.permutation(LENGTH)[:num_prompt]] = True
+  if order == "infill":
+    ranks = masks.infill_ranks(jnp.asarray(is_prompt))
+  else:
+    ranks = masks.random_ranks(jax.random.key(seed), jnp.asarray(is_prompt))
+  return tokens, np.asarray(ranks)
+
+
+@pytest.mark.parametrize("seed,num_prompt,order",
+                         [(0, 1, "infill"), (1, 4, "infill"), (2, 3, "random"),
+                          (3, LENGTH - 2, "random")])
+def test_hf_greedy_matches_ours(model, seed, num_prompt, order):
+  """Token for token, for 3 rows with different prompt sets (one compilation for every case)."""
+  params, hf_model = model
+  tokens, ranks = _problem(seed, 3, num_prompt, order)
+  ours = sampling.sample(params, CFG, tokens, ranks, num_prompt, jax.random.key(0),
+                         method="sequential", temperature=0)
+  theirs = hf_baseline.hf_sequential(hf_model, tokens, ranks, num_prompt, mask_token_id=MASK_ID,
+                                     temperature=0)
+  np.testing.assert_array_equal(theirs.tokens, np.asarray(ours.tokens))
+  assert theirs.nfe == LENGTH - num_prompt
+  np.testing.assert_array_equal(np.asarray(ours.nfe), LENGTH - num_prompt)
+
+
+def test_hf_perm_mask_is_not_our_query_mask():
+  _, ranks = _problem(4, 3, 5, "random")
+  _, query = masks.density_masks(jnp.asarray(ranks), 5)
+  np.testing.assert_array_equal(hf_baseline.perm_mask(ranks, 5), 1.0 - np.asarray(query))
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.8),
+                                                     (1.0, 7, 0.6)])
+def test_hf_processing_matches_processors(temperature, top_k, top_p):
+  """The torch transform gives the law of `processors.probabilities` (ties included)."""
+  rng = np.random.default_rng(1)
+  logits = rng.standard_normal((6, VOCAB)).astype(np.float32)
+  logits[:, 10:14] = logits[:, 10:11]  # ties
+  banned = (MASK_ID, 3)
+  cfg = processors.SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p,
+                                  banned_ids=banned)
+  expected = np.asarray(processors.probabilities(jnp.asarray(logits), cfg))
+  mask = torch.zeros(VOCAB, dtype=torch.bool)
+  mask[list(banned)] = True
+  got = torch.softmax(hf_baseline._processed_logits(  # pylint: disable=protected-access
+      torch.from_numpy(logits), temperature=temperature, top_k=top_k, top_p=top_p, banned=mask),
+                      dim=-1).numpy()
+  np.testing.assert_array_equal(got > 0, expected > 0)
+  np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_hf_sampling_runs_and_keeps_the_prompt(model):
+  _, hf_model = model
+  tokens, ranks = _problem(5, 2, 3, "infill")
+  out = hf_baseline.hf_sequential(hf_model, tokens, ranks, 3, mask_token_id=MASK_ID,
+                                  temperature=1.0, top_k=10, seed=3)
+  prompt = ranks < 3
+  np.testing.assert_array_equal(out.tokens[prompt], tokens[prompt])
+  assert not (out.tokens == MASK_ID).any()
+  partial = hf_baseline.hf_sequential(hf_model, tokens, ranks, 3, mask_token_id=MASK_ID,
+                                      num_steps=2)
+  assert partial.nfe == 2 and (partial.tokens == MASK_ID).sum() == 2 * (LENGTH - 5)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The benchmark's quick mode: schema and internal consistency (no timing assertions).
+
+_ROW_KEYS = {"implementation", "model", "method", "options", "exact", "use_cache", "seq_len",
+             "hidden_fraction", "batch", "num_prompt", "generated_per_row", "tokens_generated",
+             "nfe_mean", "nfe_max", "rounds_mean", "rounds_max", "accepted_mean", "tokens_per_round",
+             "nfe_per_token", "compile_seconds", "run_seconds", "run_seconds_all", "warmup",
+             "tokens_per_second", "speedup_vs_sequential", "nfe_ratio_vs_sequential",
+             "speedup_vs_hf"}
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory):
+  from benchmarks import sampling as bench
+  out = tmp_path_factory.mktemp("bench") / "quick.json"
+  bench.run_benchmark(quick=True, out=out, log=lambda line: None)
+  return out, json.loads(out.read_text())
+
+
+def test_quick_benchmark_writes_its_reports(quick_results):
+  out, results = quick_results
+  assert out.with_suffix(".png").stat().st_size > 1000
+  assert "| target |" in out.with_suffix(".md").read_text()
+  for key in ("schema_version", "command", "mode", "machine", "model", "data", "sampling", "plan",
+              "timing", "methods", "sampler", "results", "skipped", "targets", "total_seconds"):
+    assert key in results, key
+  assert results["mode"] == "quick"
+  assert {r["implementation"] for r in results["results"]} == {"asarm_jax", "hf_torch"}
+
+
+def test_quick_benchmark_covers_every_configuration(quick_results):
+  """Each planned (setting, method, cache) is either measured or skipped with a reason."""
+  from benchmarks import sampling as bench
+  _, results = quick_results
+  done = {(r["seq_len"], r["hidden_fraction"], r["batch"],
+           bench.HF if r["implementation"] == bench.HF else r["method"], r["use_cache"])
+          for r in results["results"]}
+  done |= {(s["seq_len"], s["hidden_fraction"], s["batch"], s["method"], s["use_cache"])
+           for s in results["skipped"]}
+  planned = {(n, f, b, spec.name if spec else bench.HF, cache)
+             for n, f, b, spec, cache in bench._configs(bench.QUICK_PLAN)}  # pylint: disable=protected-access
+  assert planned == done
+  assert all(s["reason"] for s in results["skipped"])
+
+
+def test_quick_benchmark_numbers_are_consistent(quick_results):
+  _, results = quick_results
+  rows = results["results"]
+  sequential = {(r["seq_len"], r["hidden_fraction"], r["batch"], r["use_cache"]): r for r in rows
+                if r["implementation"] == "asarm_jax" and r["method"] == "sequential"}
+  hf = {(r["seq_len"], r["hidden_fraction"], r["batch"]): r for r in rows
+        if r["implementation"] == "hf_torch"}
+  for r in rows:
+    assert set(r) == _ROW_KEYS, set(r) ^ _ROW_KEYS
+    generated = r["seq_len"] - r["num_prompt"]
+    assert r["generated_per_row"] == generated == int(r["seq_len"] * r["hidden_fraction"])
+    assert r["tokens_generated"] == r["batch"] * generated
+    assert 1 <= r["nfe_mean"] <= r["nfe_max"] <= generated  # never more forwards than tokens
+    assert r["rounds_mean"] <= r["nfe_mean"] + 1e-9 and r["rounds_max"] <= generated
+    assert r["tokens_per_round"] == pytest.approx(generated / r["rounds_mean"])
+    assert r["nfe_per_token"] == pytest.approx(r["nfe_mean"] / generated)
+    assert r["run_seconds"] == pytest.approx(float(np.median(r["run_seconds_all"])))
+    assert r["run_seconds"] > 0 and r["compile_seconds"] >= 0
+    assert r["tokens_per_second"] == pytest.approx(r["tokens_generated"] / r["run_seconds"])
+    if r["method"] == "sequential":
+      assert r["nfe_mean"] == r["rounds_mean"] == generated
+    base = sequential.get((r["seq_len"], r["hidden_fraction"], r["batch"], r["use_cache"]))
+    if r["implementation"] == "asarm_jax" and base:
+      assert r["speedup_vs_sequential"] == pytest.approx(base["run_seconds"] / r["run_seconds"])
+      assert r["nfe_ratio_vs_sequential"] == pytest.approx(r["nfe_mean"] / base["nfe_mean"])
+    else:
+      assert r["speedup_vs_sequential"] is None and r["nfe_ratio_vs_sequential"] is None
+    peer = hf.get((r["seq_len"], r["hidden_fraction"], r["batch"]))
+    if peer:
+      assert r["speedup_vs_hf"] == pytest.approx(peer["run_seconds"] / r["run_seconds"])
+    else:
+      assert r["speedup_vs_hf"] is None
+
+
+def test_quick_benchmark_targets_are_ratios_of_measured_values(quick_results):
+  _, results = quick_results
+  rows = results["results"]
+  targets = results["targets"]
+  assert set(targets) == {"cache_speedup_assd", "best_exact_vs_hf", "nfe_best_vs_sequential_90",
+                          "batch4_vs_batch1_tokens_per_s"}
+  for name, target in targets.items():
+    value, goal = target["measured"], target["target_value"]
+    if value is None:
+      assert not target["met"] and "not measured" in target["note"], name
+    else:
+      assert target["met"] == (value <= goal if target["target"].startswith("<=") else value >= goal)
+  head = [r for r in rows if r["seq_len"] == 32 and r["hidden_fraction"] == 0.9 and r["batch"] == 1]
+  ours = [r for r in head if r["implementation"] == "asarm_jax"]
+  peer = [r for r in head if r["implementation"] == "hf_torch"]
+  assert targets["best_exact_vs_hf"]["measured"] == pytest.approx(
+      peer[0]["run_seconds"] / min(r["run_seconds"] for r in ours))
+  assert targets["nfe_best_vs_sequential_90"]["measured"] == pytest.approx(
+      min(r["nfe_ratio_vs_sequential"] for r in ours))
+  cache = targets["cache_speedup_assd"]
+  for name, value in cache["detail"]["per_assd_spec"].items():
+    runs = {r["use_cache"]: r["run_seconds"] for r in ours if r["method"] == name}
+    assert value == pytest.approx(runs[False] / runs[True])
