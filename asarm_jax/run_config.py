@@ -21,7 +21,7 @@ TOP_LEVEL_KEYS = frozenset({
     "grad_accum_steps", "num_train_steps", "mesh_shape", "logical_axis_rules", "log_every_steps",
     "eval_every_steps", "num_eval_batches", "eval_batch_size", "eval_rates",
     "checkpoint_every_steps", "keep_checkpoints", "async_checkpointing", "progress_bar",
-    "measure_peak_flops",
+    "measure_peak_flops", "init_from",
 })
 SECTIONS = ("model", "data", "objective", "optimizer")
 
@@ -126,6 +126,7 @@ class RunConfig:
   async_checkpointing: bool
   progress_bar: bool
   measure_peak_flops: bool
+  init_from: str | None = None
 
   def model_config(self, vocab_size: int, mask_token_id: int) -> ModelConfig:
     return ModelConfig.from_dict({**self.model, "vocab_size": vocab_size,
@@ -143,7 +144,8 @@ class RunConfig:
             "tokenizer": {"source": data.source, "train_split": data.train_split,
                           "text_key": data.text_key, "max_documents": data.max_documents,
                           "tokenizer_path": data.tokenizer_path, "vocab_size": data.vocab_size,
-                          "tokenizer_max_chars": data.tokenizer_max_chars, "seed": self.seed}}
+                          "tokenizer_max_chars": data.tokenizer_max_chars, "seed": self.seed,
+                          "init_from": self.init_from}}
 
 
 def parse(config: ml_collections.ConfigDict) -> RunConfig:
@@ -191,6 +193,7 @@ def parse(config: ml_collections.ConfigDict) -> RunConfig:
       async_checkpointing=bool(values["async_checkpointing"]),
       progress_bar=bool(values["progress_bar"]),
       measure_peak_flops=bool(values["measure_peak_flops"]),
+      init_from=values["init_from"] or None,
   )
   _check_values(run)
   return run

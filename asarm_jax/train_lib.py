@@ -264,6 +264,22 @@ class Trainer:
   def init(self, seed: int) -> TrainState:
     return self._init(jax.random.key(seed))
 
+  def init_from_checkpoint(self, seed: int, run_dir: str) -> TrainState:
+    """A fresh state (step 0, new optimizer state) whose parameters are the latest ones of the
+    run in `run_dir`, restored straight into this mesh's shardings."""
+    abstract = self.abstract_state().params
+    checkpointer = checkpoint_lib.Checkpointer(run_dir, read_only=True, async_save=False)
+    try:
+      params = checkpointer.restore_params(abstract)
+    finally:
+      checkpointer.close()
+
+    def fresh(params, rng):
+      return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                        opt_state=self.tx.init(params), rng=jax.random.key_data(rng))
+    return jax.jit(fresh, out_shardings=self.state_shardings)(
+        params, jax.random.split(jax.random.key(seed))[1])
+
   def global_batch(self, local_batch: dict[str, np.ndarray], batch_size: int
                    ) -> dict[str, jax.Array]:
     return sharding_lib.global_batch(local_batch, self.mesh, batch_size)
@@ -309,10 +325,13 @@ def evaluate(trainer: Trainer, params: Any, batches: list[dict[str, np.ndarray]]
 
 
 def _get_tokenizer(run: run_config.RunConfig, workdir: epath.Path) -> data_lib.Tokenizer:
-  """The run's tokenizer: the workdir's (resume), the configured file, or trained now."""
+  """The run's tokenizer: the workdir's (resume), init_from's, the configured file, or trained
+  now."""
   saved = workdir / checkpoint_lib.TOKENIZER_FILE
   if saved.exists():
     return data_lib.Tokenizer.load(saved)
+  if run.init_from:
+    return data_lib.Tokenizer.load(epath.Path(run.init_from) / checkpoint_lib.TOKENIZER_FILE)
   if run.data.tokenizer_path:
     return data_lib.Tokenizer.load(run.data.tokenizer_path)
   if jax.process_index() == 0:
@@ -327,6 +346,24 @@ def _get_tokenizer(run: run_config.RunConfig, workdir: epath.Path) -> data_lib.T
                  time.perf_counter() - start)
   multihost_utils.sync_global_devices("tokenizer")
   return data_lib.Tokenizer.load(saved)
+
+
+def _check_init_from(run: run_config.RunConfig):
+  """Raises unless `run.init_from` is a run directory with a checkpoint of the same architecture."""
+  source = checkpoint_lib.read_run(run.init_from)  # FileNotFoundError if not a run directory
+  theirs = {k: v for k, v in source["model"].items() if k not in ("vocab_size", "mask_token_id")}
+  ours = run.model_config(source["model"]["vocab_size"], source["model"]["mask_token_id"])
+  ours = {k: v for k, v in ours.to_dict().items() if k not in ("vocab_size", "mask_token_id")}
+  differences = sorted(k for k in ours if ours[k] != theirs.get(k))
+  if differences:
+    raise ValueError(f"init_from={run.init_from} has a different model: " + ", ".join(
+        f"model.{k}: {theirs.get(k)!r} there, {ours[k]!r} here" for k in differences))
+  checkpointer = checkpoint_lib.Checkpointer(run.init_from, read_only=True, async_save=False)
+  try:
+    if checkpointer.latest_step is None:
+      raise FileNotFoundError(f"no checkpoint found in {checkpointer.directory} (init_from)")
+  finally:
+    checkpointer.close()
 
 
 def _data_kwargs(run: run_config.RunConfig, shard_index: int, shard_count: int) -> dict[str, Any]:
@@ -354,6 +391,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   sharding_lib.maybe_initialize_distributed(run.distributed)
   workdir = epath.Path(workdir)
   checkpoint_lib.check_compatible(workdir, run.identity())
+  if run.init_from:
+    _check_init_from(run)
   mesh = sharding_lib.make_mesh(run.mesh_shape)
   sharding_lib.check_batch_divisible(run.micro_batch_size, mesh, "batch_size / grad_accum_steps")
   sharding_lib.check_batch_divisible(run.eval_batch_size, mesh, "eval_batch_size")
@@ -387,6 +426,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if checkpointer.latest_step is not None:
     state = checkpointer.restore(trainer.abstract_state(), train_iter)
     logging.info("Resumed from %s at step %d", checkpointer.directory, int(state.step))
+  elif run.init_from:
+    state = trainer.init_from_checkpoint(run.seed, run.init_from)
+    logging.info("Initialized the parameters from %s", run.init_from)
   else:
     state = trainer.init(run.seed)
   start_step = int(state.step)

@@ -78,6 +78,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 16
   config.eval_rates = (0.5, 0.9)  # fixed masking rates evaluated besides the training range
 
+  # A run directory whose latest parameters (and tokenizer) start this run: fine-tuning. Its model
+  # config must equal config.model; the optimizer starts fresh.
+  config.init_from = config_dict.placeholder(str)
+
   config.checkpoint_every_steps = 200
   config.keep_checkpoints = 2
   config.async_checkpointing = True

@@ -92,3 +92,27 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, straight_run):
       (tmp_path / name).write_bytes(src.read())
   with pytest.raises(FileNotFoundError, match="no checkpoint found in .*checkpoints"):
     checkpoint.load_for_inference(tmp_path)
+
+
+def test_init_from_starts_a_new_run_from_trained_parameters(straight_run, tmp_path):
+  workdir = str(tmp_path / "finetune")
+  config = _config(1, init_from=straight_run)
+  config.optimizer.learning_rate = 1e-9  # one step that barely moves the parameters
+  train_lib.train_and_evaluate(config, workdir)
+  _, tuned, tuned_tokenizer = checkpoint.load_for_inference(workdir)
+  _, source, source_tokenizer = checkpoint.load_for_inference(straight_run)
+  assert tuned_tokenizer.model_proto == source_tokenizer.model_proto
+  for a, b in zip(jax.tree.leaves(tuned), jax.tree.leaves(source)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+  assert checkpoint.Checkpointer(workdir, read_only=True).all_steps() == [1]
+
+
+def test_init_from_a_different_architecture_fails_before_work(straight_run, tmp_path):
+  config = _config(1, init_from=straight_run)
+  config.model.n_layers = 3
+  with pytest.raises(ValueError, match="model.n_layers: 2 there, 3 here"):
+    train_lib.train_and_evaluate(config, str(tmp_path / "never"))
+  assert not (tmp_path / "never").exists()
+  config = _config(1, init_from=str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="not a training run directory"):
+    train_lib.train_and_evaluate(config, str(tmp_path / "never"))

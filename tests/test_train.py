@@ -1,4 +1,5 @@
 """train_and_evaluate end to end on a few stdlib files, and config errors raised before any work."""
+import importlib.util
 import os
 
 import jax
@@ -152,3 +153,16 @@ def test_bfloat16_compute_keeps_float32_master_weights():
              if np.issubdtype(leaf.dtype, np.floating))
   _, float32_loss = one_step("float32")
   assert abs(loss - float32_loss) < 0.05
+
+
+@pytest.mark.parametrize("name", ["default", "xlnet_base", "tpu_pod"])
+def test_shipped_configs_are_valid(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  run = run_config.parse(config)
+  model_cfg = run.model_config(vocab_size=run.data.vocab_size, mask_token_id=3)
+  assert run.seq_len <= model_cfg.max_len
+  mesh = sharding.make_mesh(run.mesh_shape)  # on the 8 simulated devices
+  sharding.check_batch_divisible(run.micro_batch_size, mesh)
