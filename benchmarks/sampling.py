@@ -77,10 +77,12 @@ METHOD_SPECS = (
     _spec("assd_k4", "ASSD, 4 drafts per round", method="assd", draft_len=4),
     _spec("assd_k5", "ASSD, 5 drafts per round (the paper's k)", method="assd", draft_len=5),
     _spec("assd_k8", "ASSD, 8 drafts per round", method="assd", draft_len=8),
-    _spec("assd_fused_k5", "fused ASSD: the verify forward also drafts the next round",
+    _spec("assd_fused_k5", "fused ASSD (one forward verifies and proposes), 5 proposals",
           method="assd_fused", draft_len=5),
-    _spec("assd_adaptive", "ASSD with an adaptive draft length", method="assd",
-          adaptive_draft_len=True),
+    _spec("assd_adaptive_k8", "ASSD, draft length adapted per row and round in [1, 8]",
+          method="assd", draft_len=8, adaptive=True),
+    _spec("assd_fused_adaptive_k8", "fused ASSD, draft length adapted in [1, 8]",
+          method="assd_fused", draft_len=8, adaptive=True),
 )
 SPECS_BY_NAME = {spec.name: spec for spec in METHOD_SPECS}
 # The spec whose cached / uncached run times define the cache target (the paper's k).
@@ -93,7 +95,7 @@ class Block:
   seq_lens: tuple[int, ...]
   hidden_fractions: tuple[float, ...]
   batches: tuple[int, ...]
-  methods: tuple[str, ...] | None    # names in METHOD_SPECS; None = all
+  methods: tuple[str, ...] | None    # names in METHOD_SPECS; None = all, () = none (HF only)
   use_cache: tuple[bool, ...]
   hf: bool = False                   # also time the HF-torch sequential peer on these settings
 
@@ -109,28 +111,32 @@ class Plan:
   hf_warmup_steps: int = 2  # HF forwards before timing (HF has nothing to compile)
 
 
-_LARGE_BATCH_METHODS = ("sequential", "assd_k5", "assd_fused_k5", "assd_adaptive")
+# The full plan fits in about 15 minutes on 2 loaded CPU cores. Cached compilations depend on the
+# prompt length (`prefill_rows`), so every (N, hidden fraction, batch, method, cache) costs one; the
+# uncached sampler recomputes the whole sequence every forward and runs only where it is needed.
+_BEST = ("sequential", "assd_k5", "assd_fused_k5")
 FULL_PLAN = Plan(
     name="full",
     blocks=(
-        # Every method, cached, at batch 1, with the HF peer on the same prompts.
-        Block((256, 512), (0.5, 0.9), (1,), None, (True,), hf=True),
-        # Uncached (full recomputation every forward) at the headline setting.
-        Block((512,), (0.9,), (1,), None, (False,)),
-        Block((256,), (0.9,), (1,), ("sequential", "assd_k5"), (False,)),
+        # The headline setting: every method, cached; the uncached sampler; the HF-torch peer.
+        Block((512,), (0.9,), (1,), None, (True,), hf=True),
+        Block((512,), (0.9,), (1,), _BEST, (False,)),
+        # 50% hidden and N = 256.
+        Block((512,), (0.5,), (1,), (*_BEST, "assd_adaptive_k8"), (True,)),
+        Block((256,), (0.5, 0.9), (1,), _BEST, (True,)),
+        Block((256,), (0.9,), (1,), (), (), hf=True),
         # Batching.
-        Block((512,), (0.9,), (8, 32), _LARGE_BATCH_METHODS, (True,)),
-        Block((256,), (0.5,), (8, 32), ("sequential", "assd_k5"), (True,)),
+        Block((512,), (0.9,), (8, 32), ("sequential", "assd_fused_k5"), (True,)),
     ),
-    headline_seq_len=512, repeats=3, long_run_s=5.0)
+    headline_seq_len=512, repeats=3, long_run_s=2.0)
 QUICK_PLAN = Plan(
     name="quick",
     blocks=(
-        Block((32,), (0.5, 0.9), (1,), ("sequential", "assd_k4", "assd_fused_k5", "assd_adaptive"),
-              (True, False), hf=True),
-        Block((32,), (0.9,), (4,), ("sequential", "assd_k4"), (True,)),
+        Block((32,), (0.5, 0.9), (1,), ("sequential", "assd_k5"), (False,), hf=True),
+        Block((32,), (0.9,), (1,), ("sequential", "assd_k5", "assd_fused_k5"), (True,)),
+        Block((32,), (0.9,), (2,), ("sequential",), (True,)),
     ),
-    headline_seq_len=32, repeats=2, long_run_s=2.0, hf_warmup_steps=1)
+    headline_seq_len=32, repeats=2, long_run_s=1.0, hf_warmup_steps=1)
 # The quick plan's model: a tiny random AS-ARM.
 QUICK_MODEL = dict(d_model=64, n_layers=2, n_heads=2, d_head=32, d_inner=128, max_len=64)
 QUICK_VOCAB = 512
@@ -284,10 +290,12 @@ def time_ours(model: Model, problem: Problem, spec: MethodSpec, use_cache: bool,
   out, compile_s, first = call()
   runs, warmed = _median_runs(lambda: call()[2], first, plan)
   nfe, rounds = np.asarray(out.nfe), np.asarray(out.rounds)
+  drafted = getattr(out, "drafted", None)  # draft slots used (sum of per-round draft lengths)
   return dict(implementation=OURS, method=spec.name, options=spec.kwargs, exact=spec.exact,
               use_cache=bool(use_cache), nfe_mean=float(nfe.mean()), nfe_max=int(nfe.max()),
               rounds_mean=float(rounds.mean()), rounds_max=int(rounds.max()),
               accepted_mean=float(np.asarray(out.accepted).mean()),
+              drafted_mean=None if drafted is None else float(np.asarray(drafted).mean()),
               compile_seconds=compile_s, run_seconds_all=runs, warmup=warmed)
 
 
@@ -311,7 +319,7 @@ def time_hf(model: Model, problem: Problem, plan: Plan, sampling_options: dict[s
   return dict(implementation=HF, method="sequential", options={"method": "sequential"},
               exact=True, use_cache=False, nfe_mean=float(out.nfe), nfe_max=out.nfe,
               rounds_mean=float(generated), rounds_max=generated, accepted_mean=0.0,
-              compile_seconds=0.0, run_seconds_all=runs, warmup=True)
+              drafted_mean=0.0, compile_seconds=0.0, run_seconds_all=runs, warmup=True)
 
 
 def hf_thread_calibration(model: Model, problem: Problem) -> dict[str, Any]:
@@ -552,7 +560,7 @@ def _configs(plan: Plan) -> list[tuple[int, float, int, MethodSpec | None, bool]
   """Unique (N, hidden, batch, spec, use_cache) in plan order; spec None = the HF peer."""
   seen, configs = set(), []
   for block in plan.blocks:
-    names = block.methods or tuple(SPECS_BY_NAME)
+    names = tuple(SPECS_BY_NAME) if block.methods is None else block.methods
     for n in block.seq_lens:
       for fraction in block.hidden_fractions:
         for batch in block.batches:

@@ -103,8 +103,8 @@ def test_hf_sampling_runs_and_keeps_the_prompt(model):
 
 _ROW_KEYS = {"implementation", "model", "method", "options", "exact", "use_cache", "seq_len",
              "hidden_fraction", "batch", "num_prompt", "generated_per_row", "tokens_generated",
-             "nfe_mean", "nfe_max", "rounds_mean", "rounds_max", "accepted_mean", "tokens_per_round",
-             "nfe_per_token", "compile_seconds", "run_seconds", "run_seconds_all", "warmup",
+             "nfe_mean", "nfe_max", "rounds_mean", "rounds_max", "accepted_mean", "drafted_mean",
+             "tokens_per_round", "nfe_per_token", "compile_seconds", "run_seconds", "run_seconds_all", "warmup",
              "tokens_per_second", "speedup_vs_sequential", "nfe_ratio_vs_sequential",
              "speedup_vs_hf"}
 
@@ -156,7 +156,7 @@ def test_quick_benchmark_numbers_are_consistent(quick_results):
     assert r["generated_per_row"] == generated == int(r["seq_len"] * r["hidden_fraction"])
     assert r["tokens_generated"] == r["batch"] * generated
     assert 1 <= r["nfe_mean"] <= r["nfe_max"] <= generated  # never more forwards than tokens
-    assert r["rounds_mean"] <= r["nfe_mean"] + 1e-9 and r["rounds_max"] <= generated
+    assert r["rounds_max"] <= generated and r["accepted_mean"] <= generated
     assert r["tokens_per_round"] == pytest.approx(generated / r["rounds_mean"])
     assert r["nfe_per_token"] == pytest.approx(r["nfe_mean"] / generated)
     assert r["run_seconds"] == pytest.approx(float(np.median(r["run_seconds_all"])))
@@ -182,7 +182,7 @@ def test_quick_benchmark_targets_are_ratios_of_measured_values(quick_results):
   rows = results["results"]
   targets = results["targets"]
   assert set(targets) == {"cache_speedup_assd", "best_exact_vs_hf", "nfe_best_vs_sequential_90",
-                          "batch4_vs_batch1_tokens_per_s"}
+                          "batch2_vs_batch1_tokens_per_s"}
   for name, target in targets.items():
     value, goal = target["measured"], target["target_value"]
     if value is None:
