@@ -1,0 +1,184 @@
+"""Held-out any-order loss at fixed masking rates, and the unigram-entropy diversity check.
+
+Loss: the training objective's held-out evaluation (`train_lib.eval_step`, the function the training
+loop evaluates with) at a fixed masking rate r (low == high == r): every sequence hides
+max(1, int(r * valid tokens)) uniformly chosen positions, reads the visible ones as the prompt and
+predicts the hidden ones in the run's hidden order. Reported per rate: the mean cross-entropy over
+hidden tokens in nats, in bits (nats / ln 2) and as perplexity, the accuracy of the argmax, and the
+counts of hidden and valid tokens. The batches are the first `num_batches` of the run's evaluation
+split in order (`data.eval_batches`), and the hidden sets are drawn from `seed`, so two calls with
+the same arguments score the same positions.
+
+Diversity (the paper's check that sampling does not collapse): the entropy of the unigram
+distribution of model samples versus that of held-out text. Samples are `num_samples` unconditional
+sequences of the run's sequence length, generated left to right by one of the exact samplers at
+temperature 1; the data entropy is reported over all evaluated tokens and over the same number of
+tokens as the samples (the first sequences), since the plug-in estimate grows with the count.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from asarm_jax import data as data_lib
+from asarm_jax import metrics as metrics_lib
+from asarm_jax import objective
+from asarm_jax import sampling
+from asarm_jax import train_lib
+from asarm_jax.evals import report
+
+DEFAULT_RATES = (0.15, 0.5, 0.9)
+
+
+def load_batches(tokenizer, *, source: str, split: str, seq_len: int, batch_size: int,
+                 num_batches: int, text_key: str = "text", data_dir: str | None = None
+                 ) -> list[dict[str, np.ndarray]]:
+  """The first `num_batches` evaluation batches of a split (one process, no shuffling)."""
+  return list(data_lib.eval_batches(source, split, tokenizer, seq_len, batch_size,
+                                    num_batches=num_batches, process_index=0, process_count=1,
+                                    text_key=text_key, data_dir=data_dir))
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_eval_step(cfg, masking: objective.MaskingConfig):
+  """`train_lib.eval_step` for one model and objective, compiled once per batch shape."""
+  return jax.jit(functools.partial(train_lib.eval_step, model_cfg=cfg, masking=masking))
+
+
+def masked_loss(params, cfg, batches: list[dict[str, np.ndarray]], rate: float, *,
+                masking: objective.MaskingConfig, seed: int = 0) -> dict[str, float]:
+  """Loss metrics of `batches` at the fixed masking rate `rate` (see the module docstring)."""
+  if not 0.0 <= rate <= 1.0:
+    raise ValueError(f"masking rates must lie in [0, 1]; got {rate}")
+  step = _jitted_eval_step(cfg, masking)
+  key = jax.random.key(seed)
+  merged = None
+  for index, batch in enumerate(batches):
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    metrics = step(params, batch, jax.random.fold_in(key, index), jnp.float32(rate),
+                   jnp.float32(rate))
+    merged = metrics if merged is None else merged.merge(metrics)
+  values = merged.compute()
+  nats = float(values["loss"])
+  return dict(rate=rate, loss_nats=nats, bits_per_token=nats / math.log(2),
+              perplexity=math.exp(nats) if nats < 700 else float("inf"),
+              accuracy=float(values["accuracy"]), hidden_tokens=int(merged.loss.count),
+              valid_tokens=int(sum(int(np.sum(b["valid"])) for b in batches)))
+
+
+def unconditional_samples(params, cfg, *, num_samples: int, length: int, method: str = "assd",
+                          draft_len: int = 5, batch_size: int = 16, seed: int = 0
+                          ) -> tuple[np.ndarray, report.SamplingStats]:
+  """`num_samples` sequences of `length` tokens from an empty prompt, left to right, T = 1."""
+  stats = report.SamplingStats(method=method, draft_len=draft_len if method == "assd" else 1)
+  rows = []
+  key = jax.random.key(seed)
+  for start in range(0, num_samples, batch_size):
+    count = min(batch_size, num_samples - start)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(start, start + batch_size))
+    tokens = np.zeros((batch_size, length), np.int32)
+    ranks = np.broadcast_to(np.arange(length, dtype=np.int32), (batch_size, length))
+    out, compile_seconds, seconds = sampling.timed_sample(
+        params, cfg, tokens, ranks, 0, keys, method=method, draft_len=draft_len)
+    stats.add_call(out, np.full((batch_size,), length), np.arange(batch_size) < count, seconds,
+                   compile_seconds)
+    rows.append(np.asarray(out.tokens)[:count])
+  return np.concatenate(rows), stats
+
+
+def evaluate(params, cfg, tokenizer, *, source: str = "stdlib", split: str = "validation",
+             seq_len: int = 128, masking: objective.MaskingConfig | None = None,
+             rates=DEFAULT_RATES, num_batches: int = 8, batch_size: int = 16, seed: int = 0,
+             num_samples: int = 16, sample_method: str = "assd", draft_len: int = 5,
+             text_key: str = "text", data_dir: str | None = None) -> dict[str, Any]:
+  """Held-out loss at each rate and the unigram-entropy check (see the module docstring).
+
+  Args:
+    params, cfg, tokenizer: the model.
+    source, split, text_key, data_dir: the held-out documents (the run's evaluation split).
+    seq_len: tokens per evaluated sequence (the run's training length).
+    masking: the run's objective settings (hidden order); default `MaskingConfig()`.
+    rates: fixed masking rates.
+    num_batches, batch_size: how much held-out data.
+    seed: hidden sets and sampling seed.
+    num_samples: unconditional samples for the entropy check (0 skips it).
+    sample_method: 'assd' or 'sequential' (the same law; ASSD is faster).
+    draft_len: ASSD's k.
+  """
+  masking = objective.MaskingConfig() if masking is None else masking
+  batches = load_batches(tokenizer, source=source, split=split, seq_len=seq_len,
+                         batch_size=batch_size, num_batches=num_batches, text_key=text_key,
+                         data_dir=data_dir)
+  losses = [masked_loss(params, cfg, batches, float(rate), masking=masking, seed=seed)
+            for rate in rates]
+  data_entropy, data_tokens = metrics_lib.unigram_entropy(
+      [b["tokens"] for b in batches], [b["valid"] for b in batches], cfg.vocab_size)
+  results: dict[str, Any] = {
+      "task": "heldout_loss",
+      "settings": dict(source=source, split=split, seq_len=seq_len, num_batches=num_batches,
+                       batch_size=batch_size, seed=seed, hidden_order=masking.hidden_order,
+                       num_samples=num_samples, sample_method=sample_method,
+                       draft_len=draft_len, sample_temperature=1.0),
+      "losses": losses,
+      "unigram_entropy": dict(data_nats=data_entropy, data_bits=data_entropy / math.log(2),
+                              data_tokens=data_tokens),
+  }
+  if num_samples:
+    samples, stats = unconditional_samples(params, cfg, num_samples=num_samples, length=seq_len,
+                                           method=sample_method, draft_len=draft_len,
+                                           batch_size=min(batch_size, num_samples), seed=seed)
+    sample_entropy, sample_tokens = metrics_lib.unigram_entropy(
+        [samples], [np.ones(samples.shape, bool)], cfg.vocab_size)
+    # The same number of held-out tokens, from the first valid positions in order.
+    stream = np.concatenate([b["tokens"][b["valid"]] for b in batches])[:sample_tokens]
+    matched, matched_tokens = metrics_lib.unigram_entropy(
+        [stream], [np.ones(stream.shape, bool)], cfg.vocab_size)
+    results["unigram_entropy"].update(
+        samples_nats=sample_entropy, samples_bits=sample_entropy / math.log(2),
+        samples_tokens=sample_tokens, data_matched_nats=matched,
+        data_matched_bits=matched / math.log(2), data_matched_tokens=matched_tokens,
+        sample_text=tokenizer.decode(samples[0].tolist()))
+    results["sampling"] = stats
+  return results
+
+
+LOSS_COLUMNS: tuple[report.Column, ...] = (
+    ("rate", "mask rate", ".2f"),
+    ("loss_nats", "loss (nats)", ".4f"),
+    ("bits_per_token", "bits/token", ".4f"),
+    ("perplexity", "ppl", ".2f"),
+    ("accuracy", "accuracy", ".4f"),
+    ("hidden_tokens", "hidden", "d"),
+    ("valid_tokens", "tokens", "d"),
+)
+
+
+def table(results: dict[str, Any]) -> str:
+  settings = results["settings"]
+  lines = [report.format_table(
+      results["losses"], LOSS_COLUMNS,
+      f"Held-out any-order loss: {settings['source']}/{settings['split']}, "
+      f"{settings['num_batches']} x {settings['batch_size']} sequences of {settings['seq_len']} "
+      "tokens")]
+  entropy = results["unigram_entropy"]
+  rows = [dict(what="held-out data (all)", nats=entropy["data_nats"], bits=entropy["data_bits"],
+               tokens=entropy["data_tokens"])]
+  if "samples_nats" in entropy:
+    rows += [dict(what="held-out data (same count)", nats=entropy["data_matched_nats"],
+                  bits=entropy["data_matched_bits"], tokens=entropy["data_matched_tokens"]),
+             dict(what="model samples", nats=entropy["samples_nats"],
+                  bits=entropy["samples_bits"], tokens=entropy["samples_tokens"])]
+  lines.append(report.format_table(
+      rows, (("what", "unigram entropy of", "s"), ("nats", "nats", ".3f"),
+             ("bits", "bits", ".3f"), ("tokens", "tokens", "d"))))
+  if "sampling" in results:
+    stats = results["sampling"]
+    lines.append(report.format_table(
+        [dict(label=report.method_label(stats.method, stats.draft_len), **stats.to_json())],
+        (("label", "sampler", "s"), *report.SAMPLING_COLUMNS)))
+  return "\n\n".join(lines)

@@ -1,0 +1,187 @@
+"""What every evaluation reports: sampling statistics, a printed table, and a JSON file.
+
+`SamplingStats` accumulates the cost of the sampler calls of one method (forward passes, ASSD rounds,
+kept drafts, generated tokens, run and compile seconds) and derives the per-token numbers that the
+paper reports (NFE, tokens per round, tokens per second). Every task result carries one per method.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class SamplingStats:
+  """Cost of sampling `rows` sequences with one method (sums over rows; seconds over calls).
+
+  Attributes:
+    method: 'sequential', 'assd' or 'oracle' (the reference itself: no sampling, all zeros).
+    draft_len: ASSD's k (1 for sequential).
+    rows: sequences sampled (padding rows of a batch excluded).
+    tokens: hidden tokens generated.
+    nfe: forward passes (`SampleOutput.nfe` summed over rows).
+    rounds: sampler iterations (ASSD rounds; == nfe for sequential).
+    accepted: ASSD drafts kept, each round's first included.
+    seconds: wall-clock run time of the sampler calls, compilation excluded.
+    compile_seconds: time spent compiling (0 for cached compilations).
+    calls: batched sampler calls.
+  """
+  method: str
+  draft_len: int = 1
+  rows: int = 0
+  tokens: int = 0
+  nfe: int = 0
+  rounds: int = 0
+  accepted: int = 0
+  seconds: float = 0.0
+  compile_seconds: float = 0.0
+  calls: int = 0
+
+  def add_call(self, output: Any, generated: np.ndarray, keep: np.ndarray, seconds: float,
+               compile_seconds: float) -> None:
+    """Adds one batched `sampling.sample` call.
+
+    Args:
+      output: its SampleOutput (nfe, rounds, accepted: [B]).
+      generated: int [B], hidden tokens of each row.
+      keep: bool [B], False on padding rows (their work is not counted, their time is).
+      seconds, compile_seconds: from `sampling.timed_sample`.
+    """
+    keep = np.asarray(keep, bool)
+    self.rows += int(keep.sum())
+    self.tokens += int(np.asarray(generated)[keep].sum())
+    self.nfe += int(np.asarray(output.nfe)[keep].sum())
+    self.rounds += int(np.asarray(output.rounds)[keep].sum())
+    self.accepted += int(np.asarray(output.accepted)[keep].sum())
+    self.seconds += float(seconds)
+    self.compile_seconds += float(compile_seconds)
+    self.calls += 1
+
+  def merge(self, other: SamplingStats) -> SamplingStats:
+    if (other.method, other.draft_len) != (self.method, self.draft_len):
+      raise ValueError(f"cannot merge stats of {other.method} (k={other.draft_len}) into "
+                       f"{self.method} (k={self.draft_len})")
+    merged = dataclasses.replace(self)
+    for field in ("rows", "tokens", "nfe", "rounds", "accepted", "seconds", "compile_seconds",
+                  "calls"):
+      setattr(merged, field, getattr(self, field) + getattr(other, field))
+    return merged
+
+  @property
+  def nfe_per_row(self) -> float:
+    return _ratio(self.nfe, self.rows)
+
+  @property
+  def tokens_per_nfe(self) -> float:
+    return _ratio(self.tokens, self.nfe)
+
+  @property
+  def tokens_per_round(self) -> float:
+    return _ratio(self.tokens, self.rounds)
+
+  @property
+  def tokens_per_second(self) -> float:
+    return _ratio(self.tokens, self.seconds)
+
+  def to_json(self) -> dict[str, Any]:
+    values = dataclasses.asdict(self)
+    values.update(nfe_per_row=self.nfe_per_row, tokens_per_nfe=self.tokens_per_nfe,
+                  tokens_per_round=self.tokens_per_round,
+                  tokens_per_second=self.tokens_per_second)
+    return values
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+  return float(numerator) / denominator if denominator else float("nan")
+
+
+def method_label(method: str, draft_len: int) -> str:
+  """'sequential', 'assd k=5' or 'oracle'."""
+  return f"assd k={draft_len}" if method == "assd" else method
+
+
+# ------------------------------------------------------------------------------------------------
+# Tables.
+
+Column = tuple[str, str, Callable[[Any], str] | str]  # (key, header, format spec or function)
+
+
+def _cell(value: Any, spec: Callable[[Any], str] | str) -> str:
+  if value is None:
+    return "-"
+  if callable(spec):
+    return spec(value)
+  if isinstance(value, float) and math.isnan(value):
+    return "n/a"
+  return format(value, spec)
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column],
+                 title: str | None = None) -> str:
+  """A plain-text table: one line per row; text columns (spec 's') left-aligned, numbers right."""
+  header = [name for _, name, _ in columns]
+  body = [[_cell(row.get(key), spec) for key, _, spec in columns] for row in rows]
+  widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(columns))]
+
+  left = [i == 0 or spec == "s" for i, (_, _, spec) in enumerate(columns)]
+
+  def line(cells: Sequence[str]) -> str:
+    return "  ".join(cell.ljust(w) if left[i] else cell.rjust(w)
+                     for i, (cell, w) in enumerate(zip(cells, widths))).rstrip()
+
+  lines = [title] if title else []
+  lines += [line(header), "  ".join("-" * w for w in widths)]
+  lines += [line(cells) for cells in body]
+  return "\n".join(lines)
+
+
+SAMPLING_COLUMNS: tuple[Column, ...] = (
+    ("nfe_per_row", "NFE/seq", ".1f"),
+    ("tokens_per_round", "tok/round", ".2f"),
+    ("tokens_per_second", "tok/s", ".1f"),
+    ("seconds", "run s", ".1f"),
+    ("compile_seconds", "compile s", ".1f"),
+)
+
+
+def sampling_row(stats: SamplingStats) -> dict[str, Any]:
+  """The table cells of `SAMPLING_COLUMNS` (None for the oracle, which samples nothing)."""
+  if stats.method == "oracle":
+    return {}
+  return stats.to_json()
+
+
+# ------------------------------------------------------------------------------------------------
+# JSON.
+
+
+def _jsonable(value: Any) -> Any:
+  if isinstance(value, SamplingStats):
+    return value.to_json()
+  if isinstance(value, dict):
+    return {str(k): _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None  # JSON has no NaN / inf
+  return value
+
+
+def write_json(path: str | os.PathLike, results: dict[str, Any]) -> None:
+  """Writes `results` (SamplingStats and numpy values converted; NaN becomes null)."""
+  directory = os.path.dirname(os.fspath(path))
+  if directory:
+    os.makedirs(directory, exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(_jsonable(results), f, indent=2, sort_keys=False)
+    f.write("\n")
