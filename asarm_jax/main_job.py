@@ -1,0 +1,313 @@
+"""The main job (`bash scripts/main.sh`): train the default AS-ARM, then watch it infill code.
+
+1. Trains configs/default.py on the embedded standard-library corpus into --workdir
+   (`train_lib.train_and_evaluate`). A finished run already there is reused (--retrain starts
+   over); an unfinished one is resumed from its last checkpoint.
+2. Takes a few held-out snippets (functions from the validation split), hides 50% and 90% of their
+   tokens at random positions, and fills them with sequential decoding and with ASSD: the two exact
+   samplers of the same distribution. Prints each completion under its original, then a table of
+   forward passes (NFE), tokens per second and the speed-up of ASSD.
+3. Writes everything to <workdir>/main_job.json.
+
+python -m asarm_jax.main_job [--workdir runs/default] [--config configs/default.py]
+    [--steps N] [--retrain] [--num_snippets 4] [--rates 0.5,0.9] [--draft_len 5]
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py")
+SUMMARY_FILE = "main_job.json"
+HIDDEN_MARK = "\u2591"  # '░': one hidden token
+
+
+# ------------------------------------------------------------------------------------------------
+# Training.
+
+
+def finished_steps(workdir: str | os.PathLike) -> int | None:
+  """The latest checkpoint step of the run in `workdir`, or None if there is no checkpoint."""
+  from asarm_jax import checkpoint  # pylint: disable=g-import-not-at-top
+
+  directory = pathlib.Path(workdir) / checkpoint.CHECKPOINT_DIR
+  if not (pathlib.Path(workdir) / checkpoint.RUN_FILE).exists() or not directory.is_dir():
+    return None
+  steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()]
+  return max(steps) if steps else None
+
+
+def train(config, workdir: str, *, retrain: bool = False) -> dict[str, Any]:
+  """Trains unless `workdir` holds a finished run of `config`; returns what happened."""
+  from asarm_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from asarm_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from asarm_jax import run_config  # pylint: disable=g-import-not-at-top
+  from asarm_jax import train_lib  # pylint: disable=g-import-not-at-top
+
+  run = run_config.parse(config)
+  path = pathlib.Path(workdir)
+  if retrain and path.exists():
+    if not (path / checkpoint.RUN_FILE).exists():
+      raise ValueError(f"--retrain: {workdir} exists but holds no run.json; refusing to delete "
+                       "a directory that is not a training run")
+    print(f"--retrain: deleting the run in {workdir}", flush=True)
+    shutil.rmtree(path)
+  checkpoint.check_compatible(path, run.identity())
+  done = finished_steps(path)
+  if done is not None and done >= run.num_train_steps:
+    print(f"Found a finished run in {workdir} ({done} steps): skipping training "
+          "(--retrain to train again).", flush=True)
+    trained, seconds = False, 0.0
+  else:
+    start_from = done or 0
+    print(f"Training {workdir}: {run.num_train_steps} steps of batch {run.batch_size} x "
+          f"{run.seq_len} tokens on '{run.data.source}'"
+          + (f", resuming at step {start_from}" if start_from else "") + " ...", flush=True)
+    start = time.perf_counter()
+    train_lib.train_and_evaluate(config, str(path))
+    trained, seconds = True, time.perf_counter() - start
+  records = metrics_lib.read_metrics(path) if (path / metrics_lib.METRICS_FILE).exists() else []
+  evals = {}
+  for record in records:
+    evals.update({k: v for k, v in record.items() if k.startswith("eval/")})
+  train_losses = [r["train/loss"] for r in records if "train/loss" in r]
+  return dict(workdir=str(path), trained_now=trained, train_seconds=seconds,
+              steps=finished_steps(path), final_train_loss=train_losses[-1] if train_losses
+              else None, eval=evals)
+
+
+# ------------------------------------------------------------------------------------------------
+# Held-out snippets.
+
+
+def pick_snippets(documents, tokenizer, *, count: int, max_tokens: int,
+                  names: list[str] | None = None) -> list[dict[str, Any]]:
+  """The first `count` documents' first function that fits: whole lines from a 'def' line on.
+
+  Each snippet is the longest run of whole lines starting at the document's first 'def ' line with
+  at most `max_tokens` tokens, and at least 3 lines and max_tokens // 2 tokens (else the document is
+  skipped). Deterministic: documents are taken in split order.
+  """
+  snippets = []
+  for index in range(len(documents)):
+    lines = documents[index].splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.lstrip().startswith("def ")), None)
+    if start is None:
+      continue
+    text, tokens = "", []
+    for line in lines[start:]:
+      candidate = tokenizer.encode(text + line)
+      if len(candidate) > max_tokens:
+        break
+      text, tokens = text + line, candidate
+    if text.count("\n") < 3 or len(tokens) < max_tokens // 2:
+      continue
+    snippets.append(dict(source=names[index] if names else f"document {index}", text=text,
+                         tokens=tokens))
+    if len(snippets) == count:
+      break
+  return snippets
+
+
+def hide(num_tokens: int, rate: float, seed: int) -> np.ndarray:
+  """bool [num_tokens]: max(1, int(rate * n)) positions (never all), uniformly at random."""
+  count = min(max(1, int(rate * num_tokens)), num_tokens - 1)
+  hidden = np.zeros(num_tokens, bool)
+  hidden[np.random.default_rng(seed).choice(num_tokens, size=count, replace=False)] = True
+  return hidden
+
+
+# ------------------------------------------------------------------------------------------------
+# Infilling and the printout.
+
+
+def infill_snippets(params, cfg, tokenizer, snippets: list[dict[str, Any]], *, rates,
+                    draft_len: int, temperature: float, seed: int) -> list[dict[str, Any]]:
+  """Both samplers at every rate, all snippets in one batch: one result dict per (rate, method)."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from asarm_jax.evals import span_infill  # pylint: disable=g-import-not-at-top
+
+  results = []
+  for rate in rates:
+    examples = [span_infill.Example(np.asarray(s["tokens"], np.int32),
+                                    hide(len(s["tokens"]), rate, seed + 1000 * i))
+                for i, s in enumerate(snippets)]
+    for method in ("sequential", "assd"):
+      filled = span_infill.infill_examples(
+          params, cfg, examples, jax.random.key(seed), method=method,
+          batch_size=len(examples), length_bucket=16, draft_len=draft_len,
+          temperature=temperature)
+      rows = []
+      for example, tokens, nfe in zip(examples, filled.tokens, filled.nfe):
+        masked = np.where(example.hidden, tokenizer.mask_id, example.tokens)
+        rows.append(dict(
+            hidden=int(example.hidden.sum()), nfe=int(nfe),
+            masked=tokenizer.decode(masked.tolist(), mask_text=HIDDEN_MARK),
+            completion=tokenizer.decode(tokens.tolist()),
+            token_matches=int(np.sum(tokens[example.hidden] == example.tokens[example.hidden]))))
+      results.append(dict(rate=rate, method=method, draft_len=draft_len if method == "assd"
+                          else 1, stats=filled.stats, snippets=rows))
+  return results
+
+
+def _indent(text: str, prefix: str = "    ") -> str:
+  return "\n".join(prefix + line for line in text.rstrip("\n").split("\n"))
+
+
+def format_completions(snippets: list[dict[str, Any]], results: list[dict[str, Any]]) -> str:
+  """Each snippet: the original, then per rate the input and both completions."""
+  from asarm_jax.evals import report  # pylint: disable=g-import-not-at-top
+
+  blocks = []
+  for i, snippet in enumerate(snippets):
+    lines = [f"=== snippet {i + 1}/{len(snippets)}: {snippet['source']} "
+             f"({len(snippet['tokens'])} tokens)",
+             "original:", _indent(snippet["text"])]
+    for result in results:
+      row = result["snippets"][i]
+      label = report.method_label(result["method"], result["draft_len"])
+      if result["method"] == "sequential":
+        lines += [f"--- {100 * result['rate']:.0f}% hidden ({row['hidden']} tokens, each "
+                  f"{HIDDEN_MARK} is one):", _indent(row["masked"])]
+      lines += [f"  {label}: {row['nfe']} NFE, {row['token_matches']}/{row['hidden']} hidden "
+                "tokens as in the original", _indent(row["completion"])]
+    blocks.append("\n".join(lines))
+  return "\n\n".join(blocks)
+
+
+def summary_table(results: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+  """NFE, tokens/s and the ASSD speed-up per rate; also returns the rows."""
+  from asarm_jax.evals import report  # pylint: disable=g-import-not-at-top
+
+  rows = []
+  for result in results:
+    stats = result["stats"]
+    matches = sum(r["token_matches"] for r in result["snippets"])
+    rows.append(dict(hidden=f"{100 * result['rate']:.0f}%",
+                     method=report.method_label(result["method"], result["draft_len"]),
+                     tokens=stats.tokens, nfe=stats.nfe, tokens_per_nfe=stats.tokens_per_nfe,
+                     tokens_per_round=stats.tokens_per_round, seconds=stats.seconds,
+                     tokens_per_second=stats.tokens_per_second,
+                     match=matches / stats.tokens if stats.tokens else float("nan")))
+  for sequential, assd in zip(rows[::2], rows[1::2]):
+    assd["speedup"] = sequential["seconds"] / assd["seconds"] if assd["seconds"] else float("nan")
+    assd["nfe_saving"] = sequential["nfe"] / assd["nfe"] if assd["nfe"] else float("nan")
+  columns = (("hidden", "hidden", "s"), ("method", "method", "s"), ("tokens", "tokens", "d"),
+             ("nfe", "NFE", "d"), ("tokens_per_nfe", "tok/NFE", ".2f"),
+             ("tokens_per_second", "tok/s", ".1f"), ("seconds", "wall s", ".3f"),
+             ("speedup", "speed-up", lambda v: f"{v:.2f}x"),
+             ("nfe_saving", "NFE saved", lambda v: f"{v:.2f}x"),
+             ("match", "same as orig.", lambda v: f"{100 * v:.0f}%"))
+  title = ("All snippets in one batch per row; wall-clock excludes compilation. Both samplers draw "
+           "from the same distribution;\nASSD needs fewer forward passes (NFE).")
+  return report.format_table(rows, columns, title), rows
+
+
+def run(config, workdir: str, *, retrain: bool = False, num_snippets: int = 4,
+        snippet_tokens: int = 48, rates=(0.5, 0.9), draft_len: int = 5,
+        temperature: float = 1.0, seed: int = 0) -> dict[str, Any]:
+  """The whole job (see the module docstring); returns the JSON summary it writes."""
+  from asarm_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from asarm_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from asarm_jax import run_config  # pylint: disable=g-import-not-at-top
+  from asarm_jax.evals import report  # pylint: disable=g-import-not-at-top
+
+  job_start = time.perf_counter()
+  training = train(config, workdir, retrain=retrain)
+  run_cfg = run_config.parse(config)
+  cfg, params, tokenizer = checkpoint.load_for_inference(workdir)
+  documents = data_lib.open_source(run_cfg.data.source, run_cfg.data.eval_split,
+                                   text_key=run_cfg.data.text_key, data_dir=run_cfg.data.data_dir)
+  max_tokens = min(snippet_tokens, cfg.max_len)
+  snippets = pick_snippets(documents, tokenizer, count=num_snippets, max_tokens=max_tokens,
+                           names=getattr(documents, "files", None))
+  if not snippets:
+    raise ValueError(f"no snippet of at most {max_tokens} tokens found in "
+                     f"{run_cfg.data.source}/{run_cfg.data.eval_split}")
+  print(f"\nInfilling {len(snippets)} held-out snippets ({run_cfg.data.source}/"
+        f"{run_cfg.data.eval_split}) with {', '.join(f'{100 * r:.0f}%' for r in rates)} of their "
+        f"tokens hidden; sequential vs ASSD (k={draft_len}), temperature {temperature:g} "
+        "(compiling the samplers first) ...\n", flush=True)
+  results = infill_snippets(params, cfg, tokenizer, snippets, rates=rates, draft_len=draft_len,
+                            temperature=temperature, seed=seed)
+  print(format_completions(snippets, results))
+  table, rows = summary_table(results)
+  print("\n" + table)
+  if training["eval"]:
+    losses = ", ".join(f"{k.removeprefix('eval/')}={v:.3f}" for k, v in training["eval"].items()
+                       if k.startswith("eval/loss"))
+    print(f"\nHeld-out any-order loss of the trained model (nats/token): {losses}")
+  summary = dict(training=training, model=cfg.to_dict(),
+                 settings=dict(num_snippets=len(snippets), snippet_tokens=max_tokens,
+                               rates=list(rates), draft_len=draft_len, temperature=temperature,
+                               seed=seed, order="infill (visible, then hidden left to right)"),
+                 snippets=[dict(source=s["source"], text=s["text"], num_tokens=len(s["tokens"]))
+                           for s in snippets],
+                 infilling=results, table=rows, seconds=time.perf_counter() - job_start)
+  path = os.path.join(workdir, SUMMARY_FILE)
+  report.write_json(path, summary)
+  print(f"\nDone in {summary['seconds']:.0f} s. Summary: {path}. Next: "
+        f"`python -m asarm_jax.evals --workdir {workdir} --task humaneval_infill --limit 100`")
+  return summary
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line.
+
+
+def _define_flags():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+  flags.DEFINE_string("workdir", "runs/default", "Run directory (reused when finished).")
+  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Training config file.")
+  flags.DEFINE_integer("steps", None, "Override config.num_train_steps.")
+  flags.DEFINE_bool("retrain", False, "Delete the run in --workdir and train from scratch.")
+  flags.DEFINE_integer("num_snippets", 4, "Held-out snippets to infill.")
+  flags.DEFINE_integer("snippet_tokens", 48, "Longest snippet, in tokens.")
+  flags.DEFINE_list("rates", ["0.5", "0.9"], "Fractions of each snippet's tokens to hide.")
+  flags.DEFINE_integer("draft_len", 5, "ASSD drafts per round (k).")
+  flags.DEFINE_float("temperature", 1.0, "Sampling temperature (0: greedy).")
+  flags.DEFINE_integer("seed", 0, "Seed of the hidden positions and of sampling.")
+  return flags.FLAGS
+
+
+def main(argv, flags_):
+  from absl import logging  # pylint: disable=g-import-not-at-top
+
+  if len(argv) > 1:
+    raise SystemExit(f"Unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)
+  # Orbax explains its read-only restores at WARNING level; keep them out of the printout.
+  logging.get_absl_handler().addFilter(
+      lambda record: "orbax" not in record.pathname or record.levelno >= 40)  # ERROR
+  config = flags_.config
+  if flags_.steps is not None:
+    config.num_train_steps = flags_.steps
+  try:
+    rates = tuple(float(r) for r in flags_.rates)
+  except ValueError:
+    raise SystemExit(f"--rates must be numbers; got {flags_.rates}") from None
+  if any(not 0 < r < 1 for r in rates):
+    raise SystemExit(f"--rates must lie in (0, 1); got {flags_.rates}")
+  try:
+    run(config, flags_.workdir, retrain=flags_.retrain, num_snippets=flags_.num_snippets,
+        snippet_tokens=flags_.snippet_tokens, rates=rates, draft_len=flags_.draft_len,
+        temperature=flags_.temperature, seed=flags_.seed)
+  except (ValueError, FileNotFoundError) as error:
+    raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+
+  _flags = _define_flags()
+  app.run(lambda argv: main(argv, _flags))

@@ -1,0 +1,96 @@
+"""The main job end to end on a tiny config: train, infill held-out snippets, print, summarize."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from asarm_jax import main_job
+from asarm_jax.data import StdlibCorpus
+from asarm_jax.data import train_tokenizer
+from train_helpers import tiny_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY_CONFIG = """
+import sys
+sys.path.insert(0, {tests!r})
+from train_helpers import tiny_config
+
+
+def get_config():
+  return tiny_config(num_train_steps=2, seq_len=32)
+"""
+
+
+def _run(args, cwd):
+  """The job as `scripts/main.sh` runs it: its own process, one CPU device."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  return subprocess.run([sys.executable, "-m", "asarm_jax.main_job", *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=300,
+                        env={**env, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.mark.slow
+def test_main_job_end_to_end(tmp_path, capsys):
+  config = tmp_path / "tiny.py"
+  config.write_text(TINY_CONFIG.format(tests=str(ROOT / "tests")))
+  workdir = tmp_path / "run"
+  args = ["--workdir", str(workdir), "--config", str(config), "--snippet_tokens", "64",
+          "--num_snippets", "2"]
+  first = _run(args, cwd=ROOT)
+  assert first.returncode == 0, first.stderr[-3000:]
+  out = first.stdout
+  assert "Training" in out and "=== snippet 1/2" in out and "=== snippet 2/2" in out
+  assert "original:" in out and "50% hidden" in out and "90% hidden" in out
+  assert "speed-up" in out and "assd k=5" in out and "sequential" in out
+  summary = json.loads((workdir / main_job.SUMMARY_FILE).read_text())
+  assert summary["training"]["trained_now"] and summary["training"]["steps"] == 2
+  assert len(summary["snippets"]) == 2 and summary["settings"]["rates"] == [0.5, 0.9]
+  by_key = {(r["rate"], r["method"]): r for r in summary["infilling"]}
+  assert set(by_key) == {(0.5, "sequential"), (0.5, "assd"), (0.9, "sequential"), (0.9, "assd")}
+  for (rate, method), result in by_key.items():
+    stats = result["stats"]
+    hidden = [max(1, int(rate * s["num_tokens"])) for s in summary["snippets"]]
+    assert [row["hidden"] for row in result["snippets"]] == hidden
+    assert stats["tokens"] == sum(hidden) and stats["rows"] == 2
+    if method == "sequential":
+      assert stats["nfe"] == stats["tokens"]
+    else:
+      assert stats["rounds"] <= stats["nfe"] <= stats["tokens"]
+  for snippet, row in zip(summary["snippets"], by_key[(0.5, "assd")]["snippets"]):
+    assert len(row["completion"]) > 0 and "\u2591" in row["masked"]
+    assert snippet["text"].count("\n") >= 3
+
+  # A finished run is reused, not retrained.
+  training = main_job.train(tiny_config(num_train_steps=2, seq_len=32), str(workdir))
+  assert not training["trained_now"] and training["steps"] == 2
+  assert "skipping training" in capsys.readouterr().out
+
+
+def test_main_job_rejects_bad_rates_and_foreign_dirs(tmp_path):
+  result = _run(["--workdir", str(tmp_path / "run"), "--rates", "0.5,1.5"], cwd=tmp_path)
+  assert result.returncode != 0 and "--rates must lie in (0, 1)" in result.stderr
+  (tmp_path / "notarun").mkdir()
+  (tmp_path / "notarun" / "precious.txt").write_text("keep me")
+  with pytest.raises(ValueError, match="refusing to delete"):
+    main_job.train(tiny_config(), str(tmp_path / "notarun"), retrain=True)
+  assert (tmp_path / "notarun" / "precious.txt").exists()
+
+
+def test_pick_snippets_and_hide():
+  corpus = StdlibCorpus("validation")
+  tokenizer = train_tokenizer([corpus[i] for i in range(20)], vocab_size=400)
+  snippets = main_job.pick_snippets(corpus, tokenizer, count=3, max_tokens=60, names=corpus.files)
+  assert len(snippets) == 3 and len({s["source"] for s in snippets}) == 3
+  for snippet in snippets:
+    assert snippet["text"].lstrip().startswith("def ")
+    assert 30 <= len(snippet["tokens"]) <= 60 and snippet["tokens"] == tokenizer.encode(
+        snippet["text"])
+  hidden = main_job.hide(40, 0.5, seed=1)
+  assert hidden.sum() == 20 and (hidden == main_job.hide(40, 0.5, seed=1)).all()
+  assert main_job.hide(10, 0.99, seed=0).sum() == 9  # never all
+  assert main_job.hide(10, 0.01, seed=0).sum() == 1  # never none
+  assert not np.array_equal(hidden, main_job.hide(40, 0.5, seed=2))
