@@ -1,8 +1,8 @@
 """The peer baseline: sequential any-order decoding with Hugging Face's XLNetLMHeadModel in torch.
 
 This is what a user without asarm_jax would run: the same weights, exported with
-`convert_hf.export_hf_xlnet`, decoded one token per forward pass in rank order. At the step that decides
-rank n, the model sees
+`convert_hf.export_hf_xlnet`, decoded one token per forward pass in rank order. At the step that
+decides rank n, the model sees
 
   perm_mask[b, i, j] = 1 - query_mask[b, i, j]   (`masks.density_masks`: i may see j iff
                                                   rank[j] < rank[i], or both are prompt positions)
@@ -11,9 +11,9 @@ rank n, the model sees
 so its query-stream logits are the conditional of rank n given every lower rank: the law our
 `sampling.sample(method="sequential")` draws from. The logits then go through the transforms of
 `asarm_jax.processors` (banned ids incl. the mask token, temperature, top-k, top-p; ties broken by
-ascending id), re-implemented here in torch. Greedy decoding (temperature 0) takes the argmax with the
-lowest id on ties, so it matches ours token for token (tests/test_benchmarks.py); with temperature > 0
-the law is the same but the random streams differ (torch.Generator vs jax.random).
+ascending id), re-implemented here in torch. Greedy decoding (temperature 0) takes the argmax with
+the lowest id on ties, so it matches ours token for token (tests/test_benchmarks.py); with
+temperature > 0 the law is the same but the random streams differ (torch.Generator vs jax.random).
 
 Every forward recomputes the whole sequence (HF XLNet has no order-aware cache: its `mems` are
 Transformer-XL segment memories). The density masks do not change between steps, so `perm_mask` is
@@ -136,7 +136,8 @@ def hf_sequential(model, tokens, ranks, num_prompt: int, *, mask_token_id: int,
       logits = model(state, perm_mask=mask, target_mapping=target_mapping,
                      use_mems=False).logits[:, 0]  # [B, V]
       if temperature == 0:
-        token = logits.float().masked_fill(banned, -torch.inf).argmax(dim=-1)  # first max: lowest id
+        # argmax returns the first maximum: the lowest id on ties, as processors.py.
+        token = logits.float().masked_fill(banned, -torch.inf).argmax(dim=-1)
       else:
         probs = torch.softmax(_processed_logits(logits, temperature=temperature, top_k=top_k,
                                                 top_p=top_p, banned=banned), dim=-1)

@@ -2,9 +2,9 @@
 
 python -m benchmarks.plot benchmarks/results/sampling.json [out.png]
 
-Three panels: tokens/s by method at the headline setting (N = headline, 90% hidden, batch 1; cached,
-uncached and the HF-torch peer), NFE relative to sequential decoding by hidden fraction, and tokens/s
-by batch size.
+Three panels: tokens/s by method at the headline setting (N = headline, 90% hidden, batch 1;
+cached, uncached and the HF-torch peer), NFE relative to sequential decoding by hidden fraction,
+and tokens/s by batch size.
 """
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ HF = "hf_torch"
 OURS = "asarm_jax"
 
 # ----------------------------------------------------------------------------------------------------
-# What is benchmarked. Each method is one line; `options` are keyword arguments of `sampling.sample`.
+# What is benchmarked. Each method is one line; `options` are keyword arguments of sampling.sample.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -408,9 +408,9 @@ def evaluate_targets(rows: list[dict[str, Any]], plan: Plan, model_label: str
   per_spec = {name: uncached[name]["run_seconds"] / cached[name]["run_seconds"]
               for name in sorted(set(cached) & set(uncached))}
   targets["cache_speedup_assd"] = _target(
-      f"{CACHE_TARGET_SPEC}: wall-clock without cache / with cache", per_spec.get(CACHE_TARGET_SPEC),
-      10, True, {**head, "method": CACHE_TARGET_SPEC}, {"per_assd_spec": per_spec},
-      "needs cached and uncached runs of that spec")
+      f"{CACHE_TARGET_SPEC}: wall-clock without cache / with cache",
+      per_spec.get(CACHE_TARGET_SPEC), 10, True, {**head, "method": CACHE_TARGET_SPEC},
+      {"per_assd_spec": per_spec}, "needs cached and uncached runs of that spec")
 
   # 2. Best exact method (fastest row of ours) vs HF-torch sequential on the same prompts.
   peer = _find(rows, implementation=HF, **head)
@@ -650,7 +650,8 @@ def run_benchmark(*, workdir: str | None = None, random_model: bool = False, qui
     rows.append(row)
     log(f"[{index + 1}/{len(configs)} {time.perf_counter() - start:6.0f}s] N={n} "
         f"hidden={fraction:.0%} batch={batch} {name} cache={use_cache}: nfe {row['nfe_mean']:.1f}, "
-        f"compile {row['compile_seconds']:.1f}s, run {statistics.median(row['run_seconds_all']):.3f}s")
+        f"compile {row['compile_seconds']:.1f}s, "
+        f"run {statistics.median(row['run_seconds_all']):.3f}s")
   finish_rows(rows)
   results = dict(
       schema_version=SCHEMA_VERSION,
