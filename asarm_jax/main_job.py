@@ -14,11 +14,9 @@ python -m asarm_jax.main_job [--workdir runs/default] [--config configs/default.
 """
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import shutil
-import sys
 import time
 from typing import Any
 
@@ -206,8 +204,8 @@ def summary_table(results: list[dict[str, Any]]) -> tuple[str, list[dict[str, An
              ("speedup", "speed-up", lambda v: f"{v:.2f}x"),
              ("nfe_saving", "NFE saved", lambda v: f"{v:.2f}x"),
              ("match", "same as orig.", lambda v: f"{100 * v:.0f}%"))
-  title = ("All snippets in one batch per row; wall-clock excludes compilation. Both samplers draw "
-           "from the same distribution;\nASSD needs fewer forward passes (NFE).")
+  title = ("Summary (a row: all snippets in one batched call; wall-clock excludes compilation).\n"
+           "Both samplers draw from the same distribution; ASSD needs fewer forward passes (NFE).")
   return report.format_table(rows, columns, title), rows
 
 

@@ -13,6 +13,7 @@ check of everything but the sampler). The results go to --out, by default
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -107,6 +108,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   return args
 
 
+def _quiet_orbax(record: logging.LogRecord) -> bool:
+  """Drops orbax's WARNING-level notes about read-only restores from the printout."""
+  return "orbax" not in record.pathname or record.levelno >= logging.ERROR
+
+
 def run(args: argparse.Namespace) -> dict:
   """Loads the run, evaluates, prints the table, writes the JSON; returns the results."""
   # Heavy imports only once the arguments are known to be good.
@@ -114,6 +120,7 @@ def run(args: argparse.Namespace) -> dict:
   from asarm_jax import objective  # pylint: disable=g-import-not-at-top
   from asarm_jax.evals import report  # pylint: disable=g-import-not-at-top
 
+  logging.getLogger("absl").addFilter(_quiet_orbax)  # added once: the same function
   start = time.perf_counter()
   cfg, params, tokenizer = checkpoint.load_for_inference(args.workdir, args.step)
   config = checkpoint.read_run(args.workdir).get("config", {})

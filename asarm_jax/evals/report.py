@@ -1,8 +1,9 @@
 """What every evaluation reports: sampling statistics, a printed table, and a JSON file.
 
-`SamplingStats` accumulates the cost of the sampler calls of one method (forward passes, ASSD rounds,
-kept drafts, generated tokens, run and compile seconds) and derives the per-token numbers that the
-paper reports (NFE, tokens per round, tokens per second). Every task result carries one per method.
+`SamplingStats` accumulates the cost of the sampler calls of one method (forward passes, ASSD
+rounds, kept drafts, generated tokens, run and compile seconds) and derives the per-token numbers
+that the paper reports (NFE, tokens per round, tokens per second). Every task result carries one
+per method.
 """
 from __future__ import annotations
 
