@@ -13,11 +13,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.distributed = "auto"  # 'auto' | 'always' | 'never' (jax.distributed.initialize)
 
   config.model = ml_collections.ConfigDict(dict(
-      d_model=256,
+      d_model=128,
       n_layers=4,
       n_heads=4,
-      d_head=64,
-      d_inner=1024,
+      d_head=32,
+      d_inner=512,
       ff_activation="gelu",
       layer_norm_eps=1e-12,
       dropout=0.0,
@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
       data_dir=config_dict.placeholder(str),
       max_documents=config_dict.placeholder(int),
       tokenizer_path=config_dict.placeholder(str),  # None: train a tokenizer at the start
-      vocab_size=8192,
+      vocab_size=4096,
       tokenizer_max_chars=10_000_000,
       read_threads=2,
   ))
@@ -52,9 +52,9 @@ def get_config() -> ml_collections.ConfigDict:
   ))
 
   config.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=2e-3,
+      learning_rate=1.5e-3,
       lr_scaling_batch=0,  # > 0: lr *= batch_size / lr_scaling_batch
-      warmup_steps=50,
+      warmup_steps=100,
       decay="linear",  # 'linear' | 'cosine' | 'constant'
       end_lr_factor=0.1,
       weight_decay=0.01,
@@ -65,24 +65,24 @@ def get_config() -> ml_collections.ConfigDict:
   ))
 
   config.seq_len = 128
-  config.batch_size = 16  # global, per optimizer step
+  config.batch_size = 32  # global, per optimizer step
   config.grad_accum_steps = 1
-  config.num_train_steps = 600
+  config.num_train_steps = 500
 
   config.mesh_shape = (-1, 1, 1)  # (data, fsdp, tensor); -1 fills with the remaining devices
   config.logical_axis_rules = config_dict.placeholder(tuple)  # None: sharding.DEFAULT_RULES
 
   config.log_every_steps = 50
-  config.eval_every_steps = 200
+  config.eval_every_steps = 250
   config.num_eval_batches = 8
-  config.eval_batch_size = 16
+  config.eval_batch_size = 32
   config.eval_rates = (0.5, 0.9)  # fixed masking rates evaluated besides the training range
 
   # A run directory whose latest parameters (and tokenizer) start this run: fine-tuning. Its model
   # config must equal config.model; the optimizer starts fresh.
   config.init_from = config_dict.placeholder(str)
 
-  config.checkpoint_every_steps = 200
+  config.checkpoint_every_steps = 250
   config.keep_checkpoints = 2
   config.async_checkpointing = True
   config.progress_bar = True
