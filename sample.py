@@ -25,6 +25,29 @@ _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (also the random order's 
 _BATCH = flags.DEFINE_integer("batch", 1, "Samples, drawn in one batched call.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object per sample.")
 
+# Checked while parsing the flags, before any model is loaded; the error names the flag.
+flags.register_validator("temperature", lambda t: t >= 0, "must be >= 0 (0 is greedy)")
+flags.register_validator("top_p", lambda p: 0 < p <= 1, "must be in (0, 1] (1 = off)")
+flags.register_validator("top_k", lambda k: k >= 0, "must be >= 0 (0 = off)")
+flags.register_validator("draft_len", lambda k: k >= 1, "must be >= 1")
+flags.register_validator("batch", lambda b: b >= 1, "must be >= 1")
+flags.register_multi_flags_validator(
+    ["workdir", "random_model"],
+    lambda values: values["random_model"] != (values["workdir"] is not None),
+    "name exactly one model: --workdir DIR or --random_model")
+
+
+def _check_text(text):
+  try:
+    if text is not None:
+      infilling.parse_masked_text(text)
+  except ValueError as error:
+    raise flags.ValidationError(str(error)) from error
+  return True
+
+
+flags.register_validator("text", _check_text)
+
 
 def main(argv):
   if len(argv) > 1:
@@ -36,7 +59,9 @@ def main(argv):
         batch=_BATCH.value, as_json=_JSON.value, method=_METHOD.value,
         draft_len=_DRAFT_LEN.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
         top_p=_TOP_P.value, order=_ORDER.value, order_seed=_SEED.value)
-  except (ValueError, FileNotFoundError) as error:
+  except FileNotFoundError as error:
+    sys.exit(f"error: --workdir {_WORKDIR.value}: {error}" if _WORKDIR.value else f"error: {error}")
+  except ValueError as error:
     sys.exit(f"error: {error}")
   print("\n".join(lines))
 

@@ -134,13 +134,18 @@ def load_hf_xlnet(model_or_dir: Any, *, mask_token_id: int | None = None,
   """
   if isinstance(model_or_dir, (str, os.PathLike)):
     directory = pathlib.Path(model_or_dir)
-    hf_config, tensors = _read_directory(directory)
+    hf_config, files = _find_directory_files(directory)
+  elif hasattr(model_or_dir, "state_dict") and hasattr(model_or_dir, "config"):
+    directory, files = None, []
+    hf_config = model_or_dir.config.to_dict()
   else:
-    directory = None
-    hf_config, tensors = _read_model(model_or_dir)
+    raise TypeError("model_or_dir must be a transformers XLNetLMHeadModel or the path of a "
+                    f"save_pretrained directory; got {type(model_or_dir).__name__}")
   if mask_token_id is None:
     mask_token_id = _default_mask_token_id(hf_config, directory)
+  # The config is checked before any weight is read.
   cfg = _config_from_hf(hf_config, mask_token_id, max_len)
+  tensors = _read_model(model_or_dir) if directory is None else _read_safetensors(files)
   return cfg, _params_from_hf(cfg, tensors)
 
 
@@ -204,17 +209,17 @@ def _lookup(params: Mapping, path: tuple[str, ...]):
   return node
 
 
-def _read_model(model: Any) -> tuple[dict, dict[str, np.ndarray]]:
-  """Config dict and float32 numpy tensors of a transformers model instance."""
-  tensors = {name: value.detach().cpu().float().numpy()
-             for name, value in model.state_dict().items()}
-  return model.config.to_dict(), tensors
+def _read_model(model: Any) -> dict[str, np.ndarray]:
+  """Float32 numpy tensors of a transformers model instance."""
+  return {name: value.detach().cpu().float().numpy()
+          for name, value in model.state_dict().items()}
 
 
-def _read_directory(directory: pathlib.Path) -> tuple[dict, dict[str, np.ndarray]]:
-  """Config dict and float32 numpy tensors of a `save_pretrained` directory."""
-  from safetensors.flax import load_file  # Handles bfloat16, which numpy lacks.
-
+def _find_directory_files(directory: pathlib.Path) -> tuple[dict, list[pathlib.Path]]:
+  """The config dict of a `save_pretrained` directory and its safetensors files (not read yet)."""
+  if not directory.is_dir():
+    raise FileNotFoundError(f"{directory} is not a directory: load_hf_xlnet expects a "
+                            "save_pretrained directory (config.json + model.safetensors)")
   config_path = directory / "config.json"
   if not config_path.is_file():
     raise FileNotFoundError(f"{config_path} not found: expected a save_pretrained directory")
@@ -227,11 +232,21 @@ def _read_directory(directory: pathlib.Path) -> tuple[dict, dict[str, np.ndarray
   else:
     raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {directory}; "
                             "re-save with safetensors or pass the loaded model instance")
+  try:
+    return json.loads(config_path.read_text()), files
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{config_path} is not valid JSON: {e}") from e
+
+
+def _read_safetensors(files: list[pathlib.Path]) -> dict[str, np.ndarray]:
+  """Float32 numpy tensors of safetensors files."""
+  from safetensors.flax import load_file  # Handles bfloat16, which numpy lacks.
+
   tensors = {}
   for file in files:
     tensors.update({name: np.asarray(value, np.float32)
                     for name, value in load_file(file).items()})
-  return json.loads(config_path.read_text()), tensors
+  return tensors
 
 
 def _default_mask_token_id(hf_config: Mapping, directory: pathlib.Path | None) -> int:

@@ -148,7 +148,11 @@ def validate_order(ranks, num_prompt, *, seq_len: int | None = None,
     ValueError: naming the problem — wrong rank or dtype, a row that is not a permutation of 0..N-1,
       num_prompt of the wrong shape or out of range, or N different from `seq_len`.
   """
-  ranks_np = np.asarray(ranks)
+  try:
+    ranks_np = np.asarray(ranks)
+  except ValueError as e:  # e.g. ragged nested lists
+    raise ValueError(f"ranks must be an integer array of shape [batch, length]; got "
+                     f"{ranks!r}") from e
   if ranks_np.ndim != 2:
     raise ValueError(f"ranks must have shape [batch, length]; got shape {ranks_np.shape}")
   if not np.issubdtype(ranks_np.dtype, np.integer):
@@ -161,7 +165,11 @@ def validate_order(ranks, num_prompt, *, seq_len: int | None = None,
     if not np.array_equal(np.sort(ranks_np[row]), expected):
       raise ValueError(
           f"ranks[{row}] is not a permutation of 0..{length - 1}: {ranks_np[row].tolist()}")
-  prompt_np = np.asarray(num_prompt)
+  try:
+    prompt_np = np.asarray(num_prompt)
+  except ValueError as e:
+    raise ValueError(f"num_prompt must be an integer or {batch} integers; got "
+                     f"{num_prompt!r}") from e
   if prompt_np.ndim == 0:
     prompt_np = np.full((batch,), prompt_np)
   if prompt_np.shape != (batch,):

@@ -19,11 +19,13 @@ the cached forward (`extend`) computes only new rows and reads the other keys/va
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from asarm_jax import masks as masks_lib
 from asarm_jax.cache import KVCache
@@ -36,6 +38,9 @@ _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "silu": jax.nn.silu,
 }
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_INT_FIELDS = ("vocab_size", "mask_token_id", "d_model", "n_layers", "n_heads", "d_head", "d_inner",
+               "max_len")
+_FLOAT_FIELDS = ("layer_norm_eps", "dropout", "initializer_range")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +62,15 @@ class ModelConfig:
   param_dtype: str = "float32"  # stored parameters
 
   def __post_init__(self):
+    for name in _INT_FIELDS:
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"ModelConfig.{name} = {value!r} is invalid: it must be an integer")
+    for name in _FLOAT_FIELDS:
+      value = getattr(self, name)
+      if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
+          or not math.isfinite(value)):
+        raise ValueError(f"ModelConfig.{name} = {value!r} is invalid: it must be a finite number")
     checks = {
         "vocab_size": self.vocab_size > 0,
         "d_model": self.d_model > 0 and self.d_model % 2 == 0,
@@ -66,6 +80,8 @@ class ModelConfig:
         "d_inner": self.d_inner > 0,
         "max_len": self.max_len > 0,
         "dropout": 0.0 <= self.dropout < 1.0,
+        "layer_norm_eps": self.layer_norm_eps > 0,
+        "initializer_range": self.initializer_range >= 0,
         "mask_token_id": 0 <= self.mask_token_id < self.vocab_size,
         "ff_activation": self.ff_activation in _ACTIVATIONS,
         "dtype": self.dtype in _DTYPES,
@@ -75,6 +91,7 @@ class ModelConfig:
       if not ok:
         raise ValueError(f"ModelConfig.{name} = {getattr(self, name)!r} is invalid "
                          "(sizes must be positive, d_model even, 0 <= dropout < 1, "
+                         "layer_norm_eps > 0, initializer_range >= 0, "
                          f"activations {sorted(_ACTIVATIONS)}, dtypes {sorted(_DTYPES)}, "
                          "0 <= mask_token_id < vocab_size)")
 

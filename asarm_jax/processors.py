@@ -44,7 +44,11 @@ class SamplingConfig:
 
   def __post_init__(self):
     # Accept any iterable of ids but store a sorted tuple, so equal configs hash equally.
-    object.__setattr__(self, "banned_ids", tuple(sorted({int(i) for i in self.banned_ids})))
+    try:
+      ids = {int(i) for i in self.banned_ids}
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"banned_ids must be token ids (integers); got {self.banned_ids!r}") from e
+    object.__setattr__(self, "banned_ids", tuple(sorted(ids)))
 
   @property
   def greedy(self) -> bool:

@@ -7,7 +7,8 @@ turtle demos, byte-code caches) and the `config-*` build directory. This keeps t
 
 Files are assigned to a split by a stable hash of their path relative to the stdlib root, so the
 split is the same on every machine, run and process, and adding or removing one file never moves
-another. Files that are not valid UTF-8 are skipped and counted in `StdlibCorpus.num_undecodable`.
+another. Files that are not valid UTF-8 are skipped and counted in `StdlibCorpus.num_undecodable`;
+files that cannot be read at all (e.g. dangling symlinks) in `StdlibCorpus.num_unreadable`.
 """
 from __future__ import annotations
 
@@ -89,18 +90,23 @@ class StdlibCorpus:
         self.files: list[str] = []
         self._texts: list[str] = []
         self.num_undecodable = 0
+        self.num_unreadable = 0
         for name in list_files(self.root, split, validation_fraction):
             try:
                 text = (self.root / name).read_bytes().decode("utf-8")
             except UnicodeDecodeError:
                 self.num_undecodable += 1
                 continue
+            except OSError:
+                self.num_unreadable += 1
+                continue
             self.files.append(name)
             self._texts.append(text)
         if not self._texts:
             raise ValueError(
                 f"No UTF-8 `.py` files for split {split!r} under {str(self.root)!r} "
-                f"({self.num_undecodable} undecodable; excluded directories: "
+                f"({self.num_undecodable} undecodable, {self.num_unreadable} unreadable; "
+                "excluded directories: "
                 f"{sorted(EXCLUDED_DIRS)}).")
 
     def __len__(self) -> int:
@@ -111,4 +117,5 @@ class StdlibCorpus:
 
     def __repr__(self) -> str:
         return (f"StdlibCorpus(split={self.split!r}, root={str(self.root)!r}, "
-                f"files={len(self)}, undecodable={self.num_undecodable})")
+                f"files={len(self)}, undecodable={self.num_undecodable}, "
+                f"unreadable={self.num_unreadable})")

@@ -112,12 +112,15 @@ class Tokenizer:
         """Reads a model written by `save`.
 
         Raises:
-          FileNotFoundError: nothing at `path`.
+          FileNotFoundError: nothing at `path`, or a directory.
           ValueError: the file is not a model made by `train_tokenizer`.
         """
         path = epath.Path(path)
         if not path.exists():
             raise FileNotFoundError(f"Tokenizer model not found: {path}")
+        if path.is_dir():
+            raise FileNotFoundError(f"Tokenizer model not found: {path} is a directory; expected "
+                                    "the model file (e.g. <workdir>/tokenizer.model)")
         try:
             return cls(path.read_bytes())
         except ValueError as e:
