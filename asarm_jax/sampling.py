@@ -1,18 +1,17 @@
-"""Exact samplers for AS-ARMs: sequential any-order decoding and ASSD, as one jitted while_loop.
+"""Exact samplers for AS-ARMs: sequential decoding, ASSD and fused ASSD, as one jitted while_loop.
 
-Both samplers draw from the same law: the product, in rank order, of the model's conditionals
+Every sampler draws from the same law: the product, in rank order, of the model's conditionals
 q(x_{rank n} | ranks < n), each passed through the same logit processing (`processors.probabilities`).
 
-Sequential: one forward per generated token. The query row at the position of rank n, under the
-density masks, sees exactly the positions of rank < n, so the tokens at undecided positions never
-matter.
+Sequential: one forward per generated token. The query row at the position of rank n sees exactly
+the positions of rank < n, so the tokens at undecided positions never matter.
 
 ASSD (Any-Subset Speculative Decoding, arXiv 2504.20456), one round for a row with n decided ranks and
 m = min(k, num_valid - n) ranks left to draft:
-  1. draft forward (`masks.draft_masks`): the query rows at ranks n..n+m-1 each see exactly the decided
-     positions; p_j is their processed law. Draw every x_j ~ p_j independently.
-  2. verify forward (`masks.density_masks`) with the drafts written in: q_j is the processed law of
-     rank n+j given ranks < n+j, i.e. given the decided tokens and x_0..x_{j-1}.
+  1. draft forward: the query rows at ranks n..n+m-1 each see exactly the decided positions; p_j is
+     their processed law. Draw every x_j ~ p_j independently.
+  2. verify forward with the drafts written in: q_j is the processed law of rank n+j given ranks
+     < n+j, i.e. given the decided tokens and x_0..x_{j-1}.
   3. in rank order, keep x_j with probability min(1, q_j(x_j) / p_j(x_j)); at the first rejection draw
      the token of that rank from normalize(max(q_j - p_j, 0)) and end the round. No bonus token.
 Rank n's draft is always kept: its draft row sees exactly ranks < n, so p_0 *is* the model's conditional
@@ -22,13 +21,50 @@ reject on rounding noise and then resample from a residual made only of noise). 
 forward is therefore useless and is skipped (this is the paper's "last token with the draft pass
 alone").
 
+Fused ASSD (method "assd_fused"): one forward per round both verifies the current proposals for ranks
+n..n+m-1 and proposes ranks n+m..n+m+K-1 (query rows that see every rank < n+m, the current proposals
+included). Proposals outlive a rejection: after rank n+a is resampled the next window is the old
+proposals for ranks n+a+1..n+m-1 followed by the new ones. Every proposal carries the law it was drawn
+from, and every proposal goes through the min(1, q/p) test, except the first proposal of a window
+whose row saw exactly the decided ranks (the first forward's drafts, or the proposal after a round
+that kept everything): that one is the model's conditional and is kept outright, as in ASSD. Why
+proposals drawn before, or conditioned on, a later-rejected token are still exact proposals is written
+out in `speculation.py`.
+
+Adaptive draft length (`adaptive=True`, ASSD and fused): `draft_len` is the static maximum K and each
+row chooses its k in [1, K] every round from a discounted count of its past acceptance tests
+(`speculation.choose_draft_len`). Shapes stay static; slots past k are computed and ignored. k depends
+on the past only, so exactness is unaffected.
+
+Order-aware cache (`use_cache=True`, the default): a decided token's content keys/values depend only on
+lower ranks, so the loop keeps them in a `KVCache` and a forward computes content rows only for ranks
+[num_cached, horizon) (see cache.py) and query rows only for the ranks it drafts, verifies or
+proposes. The first forward also computes the prompt's content rows (its "prefill"), so the cache
+costs no extra forward. Per method, the rows after the first forward are:
+  sequential: content = the token decided last step (<= 1 row); query = rank n.
+  ASSD:       draft: content = the token resampled last round (<= 1 row); query = ranks n..n+K-1.
+              verify: content = the drafts n..n+m-1; query = ranks n..n+K-1. Kept drafts stay cached.
+  fused:      content = [num_cached, n+m) (<= K+1 rows); query = 2K rows (verify + propose).
+Outputs equal the uncached sampler's up to float rounding in the logits.
+
 NFE accounting (forward passes a row needs; a batched forward counts once for every row it serves):
-  a round with m >= 2 drafts costs 2 NFE and decides at least 2 tokens (x_0 is kept; then either x_1 is
-  kept, or x_1 is rejected and rank n+1 is resampled); a round with m == 1 costs 1 NFE and decides 1.
-Hence, deterministically for every row, NFE <= the number of tokens it generates (the paper's bound:
-at most N - num_prompt forwards), rounds <= NFE <= 2 * rounds, and for k == 1 ASSD is sequential
-decoding (1 NFE per token). `accepted` counts kept drafts, x_0 included, so
-tokens generated = accepted + (rounds that ended in a rejection).
+  ASSD: a round with m >= 2 drafts costs 2 NFE and decides at least 2 tokens (x_0 is kept; then either
+  x_1 is kept, or x_1 is rejected and rank n+1 is resampled); a round with m == 1 costs 1 NFE and
+  decides 1. Hence, deterministically for every row, NFE <= the number of tokens it generates (the
+  paper's bound: at most N - num_prompt forwards), rounds <= NFE <= 2 * rounds, and for k == 1 ASSD is
+  sequential decoding (1 NFE per token).
+  Fused: the first forward (drafts only) costs 1 NFE and decides nothing; every round after it costs 1
+  NFE and decides >= 1 token (slot 0 is kept, or rejected and resampled), except a round whose only
+  rank left is an exact first proposal: it is kept with no forward (0 NFE). Proof of NFE <= tokens:
+  Phi = tokens - NFE + [first proposal exact] starts at 0 - 1 + 1 = 0 and never decreases: a round with
+  an exact first proposal and m >= 2 decides >= 2 tokens (slot 0 outright, slot 1 kept or resampled)
+  for 1 NFE and loses at most the flag; a round without it decides >= 1 for 1 NFE; a round with m == 1
+  and an exact first proposal decides 1 for 1 NFE and, having kept everything, gets the flag back (or
+  finishes with 0 NFE). A finished row has the flag cleared, so tokens - NFE = Phi >= 0. Also
+  rounds <= tokens and NFE <= rounds + 1.
+`accepted` counts kept drafts (outright ones included), so tokens generated = accepted + (rounds that
+ended in a rejection); `drafted` counts the draft slots the rounds put to use (sum of m), so
+drafted / rounds is the mean draft length.
 
 Batches are ragged: every row has its own prompt length, `num_valid` and progress; the loop runs while
 any row is unfinished, and a finished row's state is carried through unchanged (bitwise). Each row owns
@@ -47,14 +83,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from asarm_jax import cache as cache_lib
 from asarm_jax import masks as masks_lib
 from asarm_jax import processors
-from asarm_jax.model import ASARM, ModelConfig
+from asarm_jax import speculation
+from asarm_jax.cache import KVCache
+from asarm_jax.model import ASARM, ModelConfig, empty_cache
 
-METHODS = ("assd", "sequential")
-# Private test hooks: deliberately wrong acceptance rules, used to show that the exactness tests can
-# fail. Never use them for sampling.
-_VARIANTS = ("exact", "accept_all", "resample_from_q")
+METHODS = ("assd", "assd_fused", "sequential")
+# Private test hooks: deliberately wrong rules, used to show that the exactness tests can fail. Never
+# use them for sampling. "stale_probs" and "always_keep_first" break fused rounds only.
+_VARIANTS = ("exact", *speculation.WRONG_ACCEPTANCE, "stale_probs", "always_keep_first")
 
 
 @flax.struct.dataclass
@@ -63,7 +102,8 @@ class SampleOutput:
   tokens: jax.Array    # int32 [B, N]: prompt kept, ranks in [num_prompt, num_valid) generated
   nfe: jax.Array       # int32 [B]: forward passes the row needed
   rounds: jax.Array    # int32 [B]: loop iterations the row was active (== nfe for sequential)
-  accepted: jax.Array  # int32 [B]: ASSD drafts kept, each round's first included (0 for sequential)
+  accepted: jax.Array  # int32 [B]: drafts kept, outright ones included (0 for sequential)
+  drafted: jax.Array   # int32 [B]: draft slots the rounds used, sum of m (0 for sequential)
 
 
 @flax.struct.dataclass
@@ -75,36 +115,62 @@ class _LoopState:
   num_prompt: jax.Array    # int32 [B] (constant)
   num_valid: jax.Array     # int32 [B]: ranks >= num_valid are padding, never generated (constant)
   num_decided: jax.Array   # int32 [B]: ranks < num_decided are decided
-  draft_tokens: jax.Array  # int32 [B, K]: the row's latest drafts (latest samples for sequential)
-  draft_probs: jax.Array   # float32 [B, K, V]: the processed laws they were drawn from
+  cache: KVCache | None    # keys/values [L, B, N, H, D]; None without a cache
+  num_cached: jax.Array    # int32 [B]: ranks < num_cached have valid cache entries
+  # ASSD: the latest drafts; sequential: the latest sample; fused: the pending proposals for ranks
+  # num_decided + j, j < K. Always with the processed laws they were drawn from.
+  draft_tokens: jax.Array  # int32 [B, K]
+  draft_probs: jax.Array   # float32 [B, K, V]
+  first_exact: jax.Array   # bool [B]: fused: proposal 0 saw exactly the decided ranks
+  draft_len: jax.Array     # int32 [B]: k of the next round (K unless adaptive)
+  stats: speculation.AcceptanceStats  # [B] each: the adaptive draft length's memory
   nfe: jax.Array           # int32 [B]
   rounds: jax.Array        # int32 [B]
   accepted: jax.Array      # int32 [B]
+  drafted: jax.Array       # int32 [B]
   keys: jax.Array          # PRNG key [B]: one stream per row
+
+  @property
+  def active(self) -> jax.Array:
+    return self.num_decided < self.num_valid  # bool [B]
 
 
 # ----------------------------------------------------------------------------------------------------
-# Forward passes. Each pass is one small function so that a cached version (`ASARM.extend`) can
-# replace it without touching the loop bodies.
+# The forward pass. Every sampler's forward is "query rows at these ranks, each seeing the ranks below
+# min(its rank, horizon)"; with a cache only the content rows [num_cached, horizon) are computed.
 
 
-def _forward(params, cfg: ModelConfig, tokens, content_mask, query_mask, query_positions):
-  """Query-stream logits float32 [B, Q, V] at `query_positions` [B, Q]."""
-  return ASARM(cfg).apply({"params": params}, tokens, content_mask, query_mask, query_positions,
-                          method=ASARM.forward)
+def _forward(params, cfg: ModelConfig, state: _LoopState, tokens, horizon, query_ranks,
+             num_content: int):
+  """Query-stream logits and the updated cache.
 
+  Args:
+    params, cfg: the model.
+    state: gives the order, the cache and num_cached.
+    tokens: int32 [B, N], the decided tokens and the drafts below `horizon` written in.
+    horizon: int32 [B]: a query row of rank r sees the ranks < min(r, horizon) (a density row when
+      r < horizon, a parallel-draft row otherwise); no row sees a rank >= horizon.
+    query_ranks: int32 [B, Q] (clipped to N - 1 for the lookup; rows past the end are junk).
+    num_content: static bound on horizon - num_cached over active rows (cached forward only).
 
-def _density_logits(params, cfg: ModelConfig, state: _LoopState, tokens, query_positions):
-  """Logits [B, Q, V]; the query row of rank r sees exactly the positions of rank < r."""
-  content_mask, query_mask = masks_lib.density_masks(state.ranks, state.num_prompt)
-  return _forward(params, cfg, tokens, content_mask, query_mask, query_positions)
-
-
-def _draft_logits(params, cfg: ModelConfig, state: _LoopState, query_positions):
-  """Logits [B, Q, V]; every undecided query row sees exactly the decided positions."""
-  content_mask, query_mask = masks_lib.draft_masks(state.ranks, state.num_decided,
-                                                   state.num_prompt)
-  return _forward(params, cfg, state.tokens, content_mask, query_mask, query_positions)
+  Returns:
+    (logits float32 [B, Q, V], cache with the new content rows written, or None without a cache).
+  """
+  length = tokens.shape[1]
+  query_positions = _pick(state.by_rank, jnp.minimum(query_ranks, length - 1))  # [B, Q]
+  model = ASARM(cfg)
+  if state.cache is None:
+    content_mask, query_mask = masks_lib.draft_masks(state.ranks, horizon, state.num_prompt)
+    logits = model.apply({"params": params}, tokens, content_mask, query_mask, query_positions,
+                         method=ASARM.forward)
+    return logits, None
+  positions, content_ranks = cache_lib.content_rows(state.by_rank, state.num_cached, horizon,
+                                                    num_content, state.active)  # [B, S]
+  content_mask, query_mask = cache_lib.row_masks(state.ranks, state.num_prompt, horizon,
+                                                 content_ranks, query_ranks)
+  content_tokens = jnp.take_along_axis(tokens, jnp.minimum(positions, length - 1), axis=1)
+  return model.apply({"params": params}, state.cache, content_tokens, positions, content_mask,
+                     query_positions, query_mask, method=ASARM.extend)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -121,26 +187,34 @@ def _sample_rows(keys: jax.Array, probs: jax.Array) -> jax.Array:
   return jax.vmap(processors.sample_from)(keys, probs)
 
 
-def _pick(values: jax.Array, index: jax.Array) -> jax.Array:
-  """values[b, index[b, j]] along axis 1: values [B, K, ...], index [B, J] -> [B, J, ...]."""
-  index = index.reshape(index.shape + (1,) * (values.ndim - 2))
-  return jnp.take_along_axis(values, index, axis=1)
+def _uniform_rows(keys: jax.Array, num: int) -> jax.Array:
+  """num uniforms in [0, 1) per row: keys [B] -> float32 [B, num]."""
+  return jax.vmap(lambda key: jax.random.uniform(key, (num,)))(keys)
+
+
+_pick = speculation.pick_slots  # values [B, K, ...] at index [B, J] along axis 1 -> [B, J, ...]
+
+
+def _write(tokens: jax.Array, positions: jax.Array, values: jax.Array, where: jax.Array):
+  """tokens [B, N] with values [B, J] written at positions [B, J] where `where` [B, J] holds."""
+  rows = jnp.arange(tokens.shape[0])[:, None]
+  return tokens.at[rows, jnp.where(where, positions, tokens.shape[1])].set(values, mode="drop")
 
 
 def _sequential_step(params, state: _LoopState, *, cfg: ModelConfig,
-                     sampling: processors.SamplingConfig) -> _LoopState:
+                     sampling: processors.SamplingConfig, num_content: int) -> _LoopState:
   """Decides the token of rank num_decided: one forward."""
-  batch, length = state.tokens.shape
-  rows = jnp.arange(batch)[:, None]  # [B, 1]
+  length = state.tokens.shape[1]
   rank = jnp.minimum(state.num_decided, length - 1)[:, None]  # [B, 1]
-  position = _pick(state.by_rank, rank)  # [B, 1]
-  probs = processors.probabilities(
-      _density_logits(params, cfg, state, state.tokens, position), sampling)  # [B, 1, V]
+  logits, cache = _forward(params, cfg, state, state.tokens, state.num_decided, rank, num_content)
+  probs = processors.probabilities(logits, sampling)  # [B, 1, V]
   keys = _split_rows(state.keys, 4)  # [B, 4]: the same schedule as an ASSD round
   token = _sample_rows(keys[:, 1], probs)  # [B, 1]
   return state.replace(
-      tokens=state.tokens.at[rows, position].set(token),
+      tokens=_write(state.tokens, _pick(state.by_rank, rank), token, jnp.ones_like(token, bool)),
       num_decided=state.num_decided + 1,
+      cache=cache,
+      num_cached=state.num_decided,
       draft_tokens=token,
       draft_probs=probs,
       nfe=state.nfe + 1,
@@ -148,120 +222,225 @@ def _sequential_step(params, state: _LoopState, *, cfg: ModelConfig,
       keys=keys[:, 0])
 
 
+def _next_draft_len(state: _LoopState, verdict: speculation.Verdict, keep_first, free_first, *,
+                    max_len: int, adaptive: bool):
+  """(stats, draft_len [B]) after a round: K, or the adaptive choice from the updated statistics."""
+  if not adaptive:
+    return state.stats, state.draft_len
+  stats = state.stats.observe(*speculation.round_tests(verdict, keep_first))
+  return stats, speculation.choose_draft_len(stats, max_len, free_first)
+
+
 def _assd_round(params, state: _LoopState, *, cfg: ModelConfig,
-                sampling: processors.SamplingConfig, draft_len: int,
-                variant: str) -> _LoopState:
+                sampling: processors.SamplingConfig, max_len: int, adaptive: bool,
+                variant: str, num_content: int) -> _LoopState:
   """One ASSD round: draft forward, verify forward (skipped when m == 1), acceptance."""
   batch, length = state.tokens.shape
-  rows = jnp.arange(batch)[:, None]  # [B, 1]
-  slots = jnp.arange(draft_len)[None, :]  # [1, K]
-  num_drafts = jnp.clip(state.num_valid - state.num_decided, 0, draft_len)  # [B] (m)
+  n = state.num_decided
+  slots = jnp.arange(max_len)[None, :]  # [1, K]
+  num_drafts = jnp.clip(state.num_valid - n, 0, state.draft_len)  # [B] (m)
   in_round = slots < num_drafts[:, None]  # [B, K]: slots past m are computed but ignored
-  target = jnp.minimum(state.num_decided[:, None] + slots, length - 1)  # [B, K] ranks
+  target = jnp.minimum(n[:, None] + slots, length - 1)  # [B, K] ranks
   positions = _pick(state.by_rank, target)  # [B, K]
   keys = _split_rows(state.keys, 4)  # [B, 4]: next, draft, accept, resample
 
-  # 1. Draft: x_j ~ p_j for every slot, in parallel.
-  p = processors.probabilities(_draft_logits(params, cfg, state, positions), sampling)  # [B, K, V]
+  # 1. Draft: x_j ~ p_j for every slot, in parallel. Caches the rank resampled last round.
+  logits, cache = _forward(params, cfg, state, state.tokens, n, target, num_content)
+  state = state.replace(cache=cache, num_cached=n)
+  p = processors.probabilities(logits, sampling)  # [B, K, V]
   drafts = _sample_rows(keys[:, 1], p)  # [B, K]
-  drafted = state.tokens.at[rows, jnp.where(in_round, positions, length)].set(
-      drafts, mode="drop")  # [B, N]
-  p_x = jnp.take_along_axis(p, drafts[:, :, None], axis=-1)[..., 0]  # [B, K]
+  drafted = _write(state.tokens, positions, drafts, in_round)  # [B, N]
 
-  if draft_len == 1:
-    kept = in_round  # [B, 1]: x_0 is exact; there is nothing to verify
-    q = p
+  # 2. Verify: q_j given the decided tokens and x_0..x_{j-1}. Skipped when no row drafts 2+.
+  verified = jnp.any(state.active & (num_drafts > 1)) if max_len > 1 else jnp.bool_(False)
+  if max_len == 1:
+    q, u = p, jnp.zeros((batch, 1))  # x_0 is exact; there is nothing to verify
   else:
-    # 2. Verify: q_j given the decided tokens and x_0..x_{j-1}. Skipped when no row drafts 2+.
     def verify():
-      return processors.probabilities(
-          _density_logits(params, cfg, state, drafted, positions), sampling)  # [B, K, V]
+      logits, cache = _forward(params, cfg, state, drafted, n + num_drafts, target, max_len)
+      return processors.probabilities(logits, sampling), cache  # [B, K, V]
 
-    active = state.num_decided < state.num_valid  # [B]
-    q = jax.lax.cond(jnp.any(active & (num_drafts > 1)), verify, lambda: p)
-    q_x = jnp.take_along_axis(q, drafts[:, :, None], axis=-1)[..., 0]  # [B, K]
-    # 3. Accept x_j iff u_j < q_j(x_j) / p_j(x_j) (u in [0, 1), p_j(x_j) > 0 as x_j ~ p_j). The first
-    # slot is kept outright (see the module docstring).
-    u = jax.vmap(lambda key: jax.random.uniform(key, (draft_len,)))(keys[:, 2])  # [B, K]
-    ok = u < q_x / jnp.where(p_x > 0, p_x, 1.0)  # [B, K]
-    if variant == "accept_all":
-      ok = jnp.ones_like(ok)
-    ok = ok.at[:, 0].set(True) & in_round
-    kept = jnp.cumprod(ok, axis=1).astype(bool)  # [B, K]: the leading run of kept drafts
-  num_kept = jnp.sum(kept, axis=1, dtype=jnp.int32)  # [B] (a, in [1, m] for active rows)
-  rejected = num_kept < num_drafts  # [B]
-
-  # The first rejected slot a draws from normalize(max(q_a - p_a, 0)). Where q_a <= p_a everywhere in
-  # floating point (possible only through rounding) it falls back to q_a.
-  first_out = jnp.minimum(num_kept, draft_len - 1)[:, None]  # [B, 1]
-  q_a = _pick(q, first_out)  # [B, 1, V]
-  residual = jnp.maximum(q_a - _pick(p, first_out), 0.0)  # [B, 1, V]
-  mass = jnp.sum(residual, axis=-1, keepdims=True)  # [B, 1, 1]
-  residual = jnp.where(mass > 0, residual / jnp.where(mass > 0, mass, 1.0), q_a)
-  if variant == "resample_from_q":
-    residual = q_a
-  fix = _sample_rows(keys[:, 3], residual)  # [B, 1]
-
-  tokens = state.tokens.at[rows, jnp.where(kept, positions, length)].set(drafts, mode="drop")
-  fix_position = jnp.where(rejected[:, None], _pick(positions, first_out), length)  # [B, 1]
-  tokens = tokens.at[rows, fix_position].set(fix, mode="drop")
+    q, cache = jax.lax.cond(verified, verify, lambda: (p, state.cache))
+    u = _uniform_rows(keys[:, 2], max_len)  # [B, K]
+  # 3. Accept in rank order; the first slot is kept outright (see the module docstring).
+  keep_first = jnp.ones((batch,), bool)
+  verdict = speculation.accept(p, q, drafts, u, num_drafts, keep_first, variant)
+  fix = _sample_rows(keys[:, 3], verdict.residual)  # [B, 1]
+  first_out = jnp.minimum(verdict.num_kept, max_len - 1)[:, None]  # [B, 1]
+  tokens = _write(state.tokens, positions, drafts, verdict.kept)
+  tokens = _write(tokens, _pick(positions, first_out), fix, verdict.rejected[:, None])
+  stats, draft_len = _next_draft_len(state, verdict, keep_first, keep_first, max_len=max_len,
+                                     adaptive=adaptive)
   return state.replace(
       tokens=tokens,
-      num_decided=state.num_decided + num_kept + rejected.astype(jnp.int32),
+      num_decided=n + verdict.num_kept + verdict.rejected.astype(jnp.int32),
+      cache=cache,
+      # The verify pass computed the drafts' content rows; the kept ones are now decided.
+      num_cached=jnp.where(verified, n + verdict.num_kept, n),
       draft_tokens=drafts,
       draft_probs=p,
+      draft_len=draft_len,
+      stats=stats,
       nfe=state.nfe + jnp.where(num_drafts > 1, 2, 1),
       rounds=state.rounds + 1,
-      accepted=state.accepted + num_kept,
+      accepted=state.accepted + verdict.num_kept,
+      drafted=state.drafted + num_drafts,
+      keys=keys[:, 0])
+
+
+def _fused_start(params, state: _LoopState, *, cfg: ModelConfig,
+                 sampling: processors.SamplingConfig, max_len: int,
+                 num_content: int) -> _LoopState:
+  """The first forward of fused ASSD: proposals for ranks n..n+K-1 that see exactly ranks < n."""
+  length = state.tokens.shape[1]
+  n = state.num_decided
+  target = jnp.minimum(n[:, None] + jnp.arange(max_len)[None, :], length - 1)  # [B, K]
+  logits, cache = _forward(params, cfg, state, state.tokens, n, target, num_content)
+  p = processors.probabilities(logits, sampling)  # [B, K, V]
+  keys = _split_rows(state.keys, 4)  # [B, 4]: next, propose, -, -
+  return state.replace(
+      cache=cache, num_cached=n, draft_tokens=_sample_rows(keys[:, 1], p), draft_probs=p,
+      first_exact=jnp.ones_like(state.first_exact), nfe=state.nfe + 1, keys=keys[:, 0])
+
+
+def _fused_round(params, state: _LoopState, *, cfg: ModelConfig,
+                 sampling: processors.SamplingConfig, max_len: int, adaptive: bool,
+                 variant: str, num_content: int) -> _LoopState:
+  """One fused round: a single forward verifies the window and proposes the next one."""
+  length = state.tokens.shape[1]
+  n = state.num_decided
+  slots = jnp.arange(max_len)[None, :]  # [1, K]
+  left = state.num_valid - n  # [B]
+  num_tested = jnp.clip(left, 0, state.draft_len)  # [B] (m)
+  in_round = slots < num_tested[:, None]  # [B, K]
+  verify_ranks = jnp.minimum(n[:, None] + slots, length - 1)  # [B, K]
+  propose_ranks = jnp.minimum((n + num_tested)[:, None] + slots, length - 1)  # [B, K]
+  positions = _pick(state.by_rank, verify_ranks)  # [B, K]
+  proposed = _write(state.tokens, positions, state.draft_tokens, in_round)  # [B, N]
+  keep_first = state.first_exact
+  if variant == "always_keep_first":
+    keep_first = jnp.ones_like(keep_first)
+  # A row whose only rank left is an exact proposal keeps it with no forward.
+  needs_forward = state.active & ~(state.first_exact & (left == 1))  # [B]
+  ran = jnp.any(needs_forward)
+  keys = _split_rows(state.keys, 4)  # [B, 4]: next, propose, accept, resample
+
+  def forward():
+    query_ranks = jnp.concatenate([verify_ranks, propose_ranks], axis=1)  # [B, 2K]
+    logits, cache = _forward(params, cfg, state, proposed, n + num_tested, query_ranks,
+                             num_content)
+    probs = processors.probabilities(logits, sampling)  # [B, 2K, V]
+    return probs[:, :max_len], probs[:, max_len:], cache
+
+  q, new_probs, cache = jax.lax.cond(
+      ran, forward, lambda: (state.draft_probs, state.draft_probs, state.cache))
+  u = _uniform_rows(keys[:, 2], max_len)  # [B, K]
+  verdict = speculation.accept(state.draft_probs, q, state.draft_tokens, u, num_tested, keep_first,
+                               variant)
+  fix = _sample_rows(keys[:, 3], verdict.residual)  # [B, 1]
+  first_out = jnp.minimum(verdict.num_kept, max_len - 1)[:, None]  # [B, 1]
+  tokens = _write(state.tokens, positions, state.draft_tokens, verdict.kept)
+  tokens = _write(tokens, _pick(positions, first_out), fix, verdict.rejected[:, None])
+
+  shift = verdict.num_kept + verdict.rejected.astype(jnp.int32)  # [B]: ranks decided
+  window_tokens, window_probs = speculation.refill(
+      state.draft_tokens, state.draft_probs, _sample_rows(keys[:, 1], new_probs), new_probs,
+      shift, num_tested, misalign_probs=variant == "stale_probs")
+  first_exact = ~verdict.rejected & (n + shift < state.num_valid)  # the new proposal at rank n+m
+  stats, draft_len = _next_draft_len(state, verdict, keep_first, first_exact, max_len=max_len,
+                                     adaptive=adaptive)
+  return state.replace(
+      tokens=tokens,
+      num_decided=n + shift,
+      cache=cache,
+      num_cached=jnp.where(ran, n + verdict.num_kept, state.num_cached),
+      draft_tokens=window_tokens,
+      draft_probs=window_probs,
+      first_exact=first_exact,
+      draft_len=draft_len,
+      stats=stats,
+      nfe=state.nfe + needs_forward.astype(jnp.int32),
+      rounds=state.rounds + 1,
+      accepted=state.accepted + verdict.num_kept,
+      drafted=state.drafted + num_tested,
       keys=keys[:, 0])
 
 
 def _loop(params, state: _LoopState, step) -> _LoopState:
-  """Runs `step` until every row is done, carrying finished rows through unchanged."""
+  """Runs `step` until every row is done, carrying finished rows through unchanged.
+
+  The cache is not part of that: a finished row writes nothing to it (`cache.content_rows`) and it is
+  never read again, so it is not copied every iteration.
+  """
 
   def body(old: _LoopState) -> _LoopState:
-    active = old.num_decided < old.num_valid  # [B]
+    active = old.active  # [B]
     new = step(params, old)
 
     def keep_finished(old_leaf, new_leaf):
       mask = active.reshape(active.shape + (1,) * (new_leaf.ndim - 1))
       return jnp.where(mask, new_leaf, old_leaf)
 
-    return jax.tree_util.tree_map(keep_finished, old, new)
+    merged = jax.tree_util.tree_map(keep_finished, old.replace(cache=None),
+                                    new.replace(cache=None))
+    return merged.replace(cache=new.cache)
 
-  return jax.lax.while_loop(lambda s: jnp.any(s.num_decided < s.num_valid), body, state)
+  return jax.lax.while_loop(lambda s: jnp.any(s.active), body, state)
 
 
-@functools.partial(jax.jit,
-                   static_argnames=("cfg", "method", "draft_len", "sampling", "variant"))
-def _sample_jit(params, tokens, ranks, num_prompt, num_valid, keys, *, cfg: ModelConfig,
-                method: str, draft_len: int, sampling: processors.SamplingConfig,
-                variant: str) -> SampleOutput:
-  """The jitted sampler; arguments are validated by `_prepare`. Shapes: tokens/ranks [B, N]."""
-  batch, _ = tokens.shape
+def _initial_state(cfg: ModelConfig, tokens, ranks, num_prompt, num_valid, keys, *, draft_len: int,
+                   use_cache: bool) -> _LoopState:
+  """The loop state before the first forward: only the prompt decided, an empty cache."""
+  batch, length = tokens.shape
   is_prompt = ranks < num_prompt[:, None]  # [B, N]
-  state = _LoopState(
+  zeros = jnp.zeros((batch,), jnp.int32)
+  return _LoopState(
       tokens=jnp.where(is_prompt, tokens, cfg.mask_token_id),
       ranks=ranks,
       by_rank=masks_lib.positions_by_rank(ranks),
       num_prompt=num_prompt,
       num_valid=num_valid,
       num_decided=num_prompt,
+      cache=empty_cache(cfg, batch, length) if use_cache else None,
+      num_cached=zeros,
       draft_tokens=jnp.zeros((batch, draft_len), jnp.int32),
       draft_probs=jnp.zeros((batch, draft_len, cfg.vocab_size), jnp.float32),
-      nfe=jnp.zeros((batch,), jnp.int32),
-      rounds=jnp.zeros((batch,), jnp.int32),
-      accepted=jnp.zeros((batch,), jnp.int32),
+      first_exact=jnp.zeros((batch,), bool),
+      draft_len=jnp.full((batch,), draft_len, jnp.int32),
+      stats=speculation.AcceptanceStats.initial(batch),
+      nfe=zeros, rounds=zeros, accepted=zeros, drafted=zeros,
       keys=keys)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "method", "draft_len", "sampling", "variant",
+                                             "use_cache", "adaptive", "prefill_rows"))
+def _sample_jit(params, tokens, ranks, num_prompt, num_valid, keys, *, cfg: ModelConfig,
+                method: str, draft_len: int, sampling: processors.SamplingConfig,
+                variant: str, use_cache: bool, adaptive: bool, prefill_rows: int) -> SampleOutput:
+  """The jitted sampler; arguments are validated by `_prepare`. Shapes: tokens/ranks [B, N].
+
+  `prefill_rows` bounds the prompt lengths: the first forward's content rows (cached only).
+  """
+  state = _initial_state(cfg, tokens, ranks, num_prompt, num_valid, keys, draft_len=draft_len,
+                         use_cache=use_cache)
+  common = dict(cfg=cfg, sampling=sampling)
+  rounds = dict(common, max_len=draft_len, adaptive=adaptive, variant=variant)
+  # Steady-state content rows per forward with a cache (see the module docstring).
   if method == "sequential":
-    step = functools.partial(_sequential_step, cfg=cfg, sampling=sampling)
+    step, num_content = functools.partial(_sequential_step, **common), 1
+  elif method == "assd":
+    step, num_content = functools.partial(_assd_round, **rounds), 1
   else:
-    step = functools.partial(_assd_round, cfg=cfg, sampling=sampling, draft_len=draft_len,
-                             variant=variant)
-  state = _loop(params, state, step)
+    step, num_content = functools.partial(_fused_round, **rounds), draft_len + 1
+  if method == "assd_fused":
+    state = _fused_start(params, state, **common, max_len=draft_len, num_content=prefill_rows)
+  elif use_cache:
+    # The first step is every row's and its forward also computes the prompt's content rows.
+    state = step(params, state, num_content=prefill_rows)
+  state = _loop(params, state, functools.partial(step, num_content=num_content))
   padding = ranks >= num_valid[:, None]  # [B, N]
   return SampleOutput(tokens=jnp.where(padding, tokens, state.tokens), nfe=state.nfe,
-                      rounds=state.rounds, accepted=state.accepted)
+                      rounds=state.rounds, accepted=state.accepted, drafted=state.drafted)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -293,9 +472,21 @@ def _per_row(value, batch: int, name: str) -> np.ndarray:
   return array.astype(np.int32)
 
 
+_MIN_PREFILL_ROWS = 32
+
+
+def _prefill_rows(num_prompt: np.ndarray, length: int) -> int:
+  """Content rows of the first cached forward: the longest prompt rounded up to a power of two, at
+  least 32 and at most N, so that batches with similar prompt lengths share a compilation (32 rows
+  cost little next to the N keys every row attends over)."""
+  longest = max(int(num_prompt.max()), _MIN_PREFILL_ROWS)
+  return min(1 << (longest - 1).bit_length(), length)
+
+
 def _prepare(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, *, method: str = "assd",
              draft_len: int = 5, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             banned_ids: Sequence[int] = (), num_valid=None, _variant: str = "exact"):
+             banned_ids: Sequence[int] = (), num_valid=None, use_cache: bool = True,
+             adaptive: bool = False, _variant: str = "exact"):
   """Validates everything on the host; returns (args, static kwargs) for `_sample_jit`."""
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}; got {method!r}")
@@ -303,6 +494,12 @@ def _prepare(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, *, method
     raise ValueError(f"unknown variant {_variant!r}")
   if isinstance(draft_len, bool) or not isinstance(draft_len, (int, np.integer)) or draft_len < 1:
     raise ValueError(f"draft_len must be an integer >= 1; got {draft_len!r}")
+  for name, value in (("use_cache", use_cache), ("adaptive", adaptive)):
+    if not isinstance(value, (bool, np.bool_)):
+      raise ValueError(f"{name} must be True or False; got {value!r}")
+  if adaptive and method == "sequential":
+    raise ValueError("adaptive=True needs method 'assd' or 'assd_fused' (sequential decoding has no "
+                     "drafts)")
   for name, value in (("temperature", temperature), ("top_p", top_p)):
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
       raise ValueError(f"{name} must be a number; got {value!r}")
@@ -341,15 +538,18 @@ def _prepare(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, *, method
   keys = _row_keys(rng, batch)
   args = (params, jnp.asarray(tokens_np, jnp.int32), jnp.asarray(ranks_np),
           jnp.asarray(prompt_np), jnp.asarray(valid_np), keys)
-  static = dict(cfg=cfg, method=method, draft_len=int(draft_len) if method == "assd" else 1,
-                sampling=sampling, variant=_variant)
+  speculative = method != "sequential"
+  static = dict(cfg=cfg, method=method, draft_len=int(draft_len) if speculative else 1,
+                sampling=sampling, variant=_variant, use_cache=bool(use_cache),
+                adaptive=bool(adaptive) and speculative and draft_len > 1,
+                prefill_rows=_prefill_rows(prompt_np, length) if use_cache else 0)
   return args, static
 
 
 def sample(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, *, method: str = "assd",
            draft_len: int = 5, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           banned_ids: Sequence[int] = (), num_valid=None, _variant: str = "exact"
-           ) -> SampleOutput:
+           banned_ids: Sequence[int] = (), num_valid=None, use_cache: bool = True,
+           adaptive: bool = False, _variant: str = "exact") -> SampleOutput:
   """Fills every non-prompt position of a batch, in rank order, with an exact sampler.
 
   Args:
@@ -360,14 +560,21 @@ def sample(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, *, method: 
     num_prompt: int or int [B]: ranks below it are the prompt (at least one rank must be left).
     rng: a PRNG key, split into one stream per row, or B keys (row b uses key b, so a batch-1 call
       with `keys[b:b + 1]` reproduces row b).
-    method: "assd" (speculative; `draft_len` drafts per round) or "sequential" (one token per NFE).
-    draft_len: k, drafts per ASSD round (>= 1; k == 1 is sequential decoding with draft masks).
+    method: "assd" (speculative; `draft_len` drafts per round, 2 forwards per round), "assd_fused"
+      (speculative, 1 forward per round that verifies and proposes) or "sequential" (one token per
+      NFE).
+    draft_len: k, drafts per round (>= 1; k == 1 is sequential decoding); with `adaptive`, the
+      largest k.
     temperature: >= 0; 0 is greedy (argmax) decoding.
     top_k: keep the k most likely tokens (0 = off, at most V).
     top_p: nucleus mass in (0, 1] (1 = off).
     banned_ids: ids never sampled besides the mask token (which is always banned).
     num_valid: int or int [B], default N: ranks >= num_valid are padding. They are never generated,
       no other position sees them, and they come back as given. They must rank last in the order.
+    use_cache: keep the decided tokens' content keys/values (the order-aware cache): the same law
+      and NFE, much less compute per forward.
+    adaptive: choose each row's draft length per round in [1, draft_len] from its acceptance
+      history (speculative methods only).
     _variant: test hook (deliberately wrong rules); leave at "exact".
 
   Returns:
@@ -378,7 +585,8 @@ def sample(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, *, method: 
   """
   args, static = _prepare(params, cfg, tokens, ranks, num_prompt, rng, method=method,
                           draft_len=draft_len, temperature=temperature, top_k=top_k, top_p=top_p,
-                          banned_ids=banned_ids, num_valid=num_valid, _variant=_variant)
+                          banned_ids=banned_ids, num_valid=num_valid, use_cache=use_cache,
+                          adaptive=adaptive, _variant=_variant)
   return _sample_jit(*args, **static)
 
 
@@ -394,4 +602,3 @@ def timed_sample(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, **kwa
   compiled_at = time.perf_counter()
   out = jax.block_until_ready(compiled(*args))
   return out, compiled_at - start, time.perf_counter() - compiled_at
-

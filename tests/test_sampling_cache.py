@@ -1,0 +1,96 @@
+"""The cached samplers draw the same samples as the uncached ones, and the uncached ones stay exact.
+
+The cached forward equals the full one up to float rounding (test_cache.py), and both use the same
+keys in the same schedule, so with the same key the samples are identical unless rounding flips a
+draw or an acceptance test. For the ragged batches below (prompt lengths 0..5, padding via
+num_valid) none does; the laws of both are also checked by enumeration (test_sampling_exact.py runs
+the cached samplers, the default; the uncached ones are checked here).
+"""
+import zlib
+
+import jax
+import numpy as np
+import pytest
+
+from asarm_jax import sampling
+import _sampling_testlib as lib
+import test_sampling_exact as exact
+
+BATCH = 48
+
+
+@pytest.fixture(scope="module")
+def model():
+  return lib.tiny_model()
+
+
+@pytest.fixture(scope="module")
+def ragged():
+  """Random orders, prompt lengths 0..5 and num_valid in (num_prompt, N]: padding in a third of the
+  rows."""
+  rs = np.random.RandomState(1)
+  tokens = rs.randint(0, lib.SAMPLABLE, size=(BATCH, lib.LENGTH)).astype(np.int32)
+  ranks = np.stack([rs.permutation(lib.LENGTH) for _ in range(BATCH)]).astype(np.int32)
+  num_prompt = (np.arange(BATCH) % lib.LENGTH).astype(np.int32)
+  num_valid = np.where(np.arange(BATCH) % 3 == 0,
+                       [rs.randint(p + 1, lib.LENGTH + 1) for p in num_prompt], lib.LENGTH)
+  return tokens, ranks, num_prompt, num_valid.astype(np.int32)
+
+
+CONFIGS = {
+    "sequential-t1": dict(method="sequential"),
+    "sequential-greedy": dict(method="sequential", temperature=0.0),
+    "assd_k3-t1": dict(method="assd", draft_len=3),
+    "assd_k3-greedy": dict(method="assd", draft_len=3, temperature=0.0),
+    "assd_k8-t0.7_topp0.8": dict(method="assd", draft_len=8, temperature=0.7, top_p=0.8),
+    "fused_k3-t1": dict(method="assd_fused", draft_len=3),
+    "fused_k3-greedy": dict(method="assd_fused", draft_len=3, temperature=0.0),
+    "fused_k8-t1": dict(method="assd_fused", draft_len=8),
+    "fused_k8-t0.7_topp0.8": dict(method="assd_fused", draft_len=8, temperature=0.7, top_p=0.8),
+    "assd_adaptive_k8-t1_topk2": dict(method="assd", draft_len=8, adaptive=True, top_k=2),
+    "fused_adaptive_k8-t1": dict(method="assd_fused", draft_len=8, adaptive=True),
+}
+# Greedy decoding is also checked against argmax decoding (test_sampling.py), so the greedy
+# configs and the second fused k = 8 one only run with the slow tests.
+_SLOW_CONFIGS = ("sequential-greedy", "assd_k3-greedy", "fused_k8-t0.7_topp0.8")
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=[pytest.mark.slow] if name in _SLOW_CONFIGS else []) for name in CONFIGS])
+def test_cached_samples_equal_uncached(model, ragged, name):
+  cfg, params = model
+  tokens, ranks, num_prompt, num_valid = ragged
+  key = jax.random.key(zlib.crc32(name.encode()))
+  outs = [sampling.sample(params, cfg, tokens, ranks, num_prompt, key, num_valid=num_valid,
+                          use_cache=use_cache, **CONFIGS[name]) for use_cache in (False, True)]
+  for field in ("tokens", "nfe", "rounds", "accepted", "drafted"):
+    np.testing.assert_array_equal(getattr(outs[0], field), getattr(outs[1], field), err_msg=field)
+  result = np.asarray(outs[1].tokens)
+  padding = ranks >= num_valid[:, None]
+  np.testing.assert_array_equal(result[padding], tokens[padding])
+  assert np.all((result[~padding] >= 0) & (result[~padding] < lib.SAMPLABLE))
+
+
+# The uncached samplers' laws by enumeration (the cached ones: test_sampling_exact.py and
+# test_sampling_fused.py). Identical samples above make most of these redundant, so only one runs
+# by default.
+UNCACHED_LAWS = {
+    "sequential-t1": ("sequential", dict(method="sequential"), "t1"),
+    "assd_k3-t0.7_topp0.8": ("assd_k3", dict(method="assd", draft_len=3), "t0.7_topp0.8"),
+    "assd_k8-t1_topk2": ("assd_k8", dict(method="assd", draft_len=8), "t1_topk2"),
+    "fused_k3-t1": ("fused_k3", dict(method="assd_fused", draft_len=3), "t1"),
+}
+_FAST = ("fused_k3-t1",)
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=[] if name in _FAST else [pytest.mark.slow]) for name in UNCACHED_LAWS])
+def test_uncached_law_matches_enumeration(model, name):
+  _, options, sampling_name = UNCACHED_LAWS[name]
+  options = {**options, **exact.SAMPLINGS[sampling_name], "use_cache": False}
+  samples, out = exact.draw(model, seed=zlib.crc32(f"uncached/{name}".encode()), **options)
+  reports = exact.check_all(samples, exact.laws(model, sampling_name))
+  print(name, [(r.name, f"p={r.pvalue:.3g}", f"tv={r.tv:.4f}<={r.tv_bound:.4f}") for r in reports])
+  assert all(r.ok for r in reports), reports
+  generated = np.array([len(c.hidden) for c in lib.CASES]).repeat(exact.PER_CASE)
+  assert np.all(np.asarray(out.nfe) <= generated)
