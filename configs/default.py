@@ -2,6 +2,20 @@
 
 python train.py --config configs/default.py --workdir runs/default
 Override any field from the command line, e.g. --config.num_train_steps=100.
+
+Sized for a 2-core CPU: 4 layers of d_model 128 (1.4M parameters with the 4096-piece tokenizer),
+500 steps of 32 x 128 tokens (2M tokens, about a fifth of the corpus). Measured on 2 cores: about
+6,000 tokens/s when the machine is otherwise idle; held-out masked-token loss 3.86 nats against a
+held-out unigram entropy of 5.91 nats. A d_model 256 model (5.5M parameters, 8192 pieces) is about
+three times slower per token and was at 4.63 nats (unigram 5.70) after 600 steps of 16 x 128.
+
+Masking-rate range, measured with this config at step 500 (held-out loss in nats by masking rate;
+unigram entropy 5.91):
+                                      rate 0.15   rate 0.5   rate 0.9
+  [0.05, 0.95] (the default)            3.65        3.81       4.13
+  0.01 -> [0.05, 0.25] (paper, code)    4.02        4.30       4.80
+The wide range wins everywhere, even at low rates: it hides about half of every sequence, so each
+step trains on three times as many targets. The sampler benchmarks hide 50% and 90%.
 """
 import ml_collections
 from ml_collections import config_dict
@@ -40,8 +54,8 @@ def get_config() -> ml_collections.ConfigDict:
       read_threads=2,
   ))
 
-  # The paper's joint objective. Its code-infill range is 0.01 -> [0.05, 0.25]; our sampler
-  # benchmarks hide 50% and 90% of a sequence, so the default covers nearly the whole range.
+  # The paper's joint objective. Its code-infill range is 0.01 -> [0.05, 0.25]; the default covers
+  # nearly the whole range (measured better at every rate, see the module docstring).
   config.objective = ml_collections.ConfigDict(dict(
       min_rate=0.05,
       max_rate=0.95,

@@ -137,16 +137,21 @@ def test_any_order_loss_matches_a_manual_forward():
   batch = _batch([12, 9, 5])
   masking = objective.MaskingConfig(min_rate=0.2, max_rate=0.8)
   rng = jax.random.key(2)
-  loss, metrics = objective.any_order_loss(params, batch, rng, model_cfg=CFG, masking=masking,
-                                           deterministic=True)
-  # Rebuild the same draws by hand.
-  order_rng, _ = jax.random.split(rng)
-  rate_rng, hide_rng = jax.random.split(order_rng)
-  rates = objective.sample_rates(rate_rng, 3, 0.2, 0.8)
-  order = objective.make_order(hide_rng, batch["valid"], rates)
-  logits = ASARM(CFG).apply({"params": params}, batch["tokens"], order.ranks, order.num_prompt)
-  log_probs = np.asarray(jax.nn.log_softmax(logits))
-  nll = -np.take_along_axis(log_probs, np.asarray(batch["tokens"])[..., None], -1)[..., 0]
+  loss, metrics = jax.jit(lambda p, b: objective.any_order_loss(
+      p, b, rng, model_cfg=CFG, masking=masking, deterministic=True))(params, batch)
+
+  @jax.jit
+  def by_hand(params, batch):  # the same draws, rebuilt step by step
+    order_rng, _ = jax.random.split(rng)
+    rate_rng, hide_rng = jax.random.split(order_rng)
+    rates = objective.sample_rates(rate_rng, 3, 0.2, 0.8)
+    order = objective.make_order(hide_rng, batch["valid"], rates)
+    logits = ASARM(CFG).apply({"params": params}, batch["tokens"], order.ranks, order.num_prompt)
+    return rates, order, jax.nn.log_softmax(logits)
+
+  rates, order, log_probs = by_hand(params, batch)
+  nll = -np.take_along_axis(np.asarray(log_probs), np.asarray(batch["tokens"])[..., None],
+                            -1)[..., 0]
   hidden = np.asarray(order.hidden)
   np.testing.assert_allclose(loss, nll[hidden].mean(), rtol=1e-5)
   assert int(metrics.loss.count) == hidden.sum()
@@ -158,11 +163,11 @@ def test_padding_is_never_hidden_and_cannot_change_the_loss():
   batch = _batch([12, 7, 0])
   masking = objective.MaskingConfig(min_rate=0.5, max_rate=1.0)
   rng = jax.random.key(3)
-  loss, metrics = objective.any_order_loss(params, batch, rng, model_cfg=CFG, masking=masking,
-                                           deterministic=True)
+  loss_fn = jax.jit(lambda b: objective.any_order_loss(params, b, rng, model_cfg=CFG,
+                                                       masking=masking, deterministic=True))
+  loss, metrics = loss_fn(batch)
   other = dict(batch, tokens=jnp.where(batch["valid"], batch["tokens"], 17))
-  other_loss, other_metrics = objective.any_order_loss(params, other, rng, model_cfg=CFG,
-                                                       masking=masking, deterministic=True)
+  other_loss, other_metrics = loss_fn(other)
   np.testing.assert_allclose(other_loss, loss, rtol=1e-6)
   assert int(other_metrics.loss.count) == int(metrics.loss.count)
   order = objective.draw_order(jax.random.split(rng)[0], batch["valid"], masking)

@@ -64,8 +64,13 @@ def test_process_data_shard_single_process():
   assert sharding.process_data_shard(mesh, 8) == (0, 1, 8)
 
 
-def test_sharded_step_equals_single_device_step():
-  single_losses, single_params = _steps(_trainer((1, 1, 1), jax.devices()[:1]))
+@pytest.fixture(scope="module")
+def single_device_run():
+  return _steps(_trainer((1, 1, 1), jax.devices()[:1]))
+
+
+def test_sharded_step_equals_single_device_step(single_device_run):
+  single_losses, single_params = single_device_run
   sharded = _trainer((2, 2, 2), jax.devices()[:8])
   assert sharded.state_shardings.params["embedding"].spec == P("tensor", "fsdp")
   sharded_losses, sharded_params = _steps(sharded)
@@ -74,9 +79,9 @@ def test_sharded_step_equals_single_device_step():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_gradient_accumulation_equals_one_big_batch():
-  plain_losses, plain_params = _steps(_trainer((2, 2, 1), jax.devices()[:4]))
-  accum_losses, accum_params = _steps(_trainer((2, 2, 1), jax.devices()[:4],
+def test_gradient_accumulation_equals_one_big_batch(single_device_run):
+  plain_losses, plain_params = single_device_run
+  accum_losses, accum_params = _steps(_trainer((1, 1, 1), jax.devices()[:1],
                                                grad_accum_steps=2))
   np.testing.assert_allclose(accum_losses, plain_losses, rtol=1e-5, atol=1e-5)
   for a, b in zip(jax.tree.leaves(accum_params), jax.tree.leaves(plain_params)):

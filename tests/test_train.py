@@ -128,7 +128,8 @@ def test_learning_rate_schedule():
 
 def test_weight_decay_skips_biases_norms_and_embeddings_of_one_dim():
   run = run_config.parse(train_helpers.tiny_config())
-  params = train_lib.init_params(run.model_config(64, 3), jax.random.key(0))
+  cfg = run.model_config(64, 3)
+  params = jax.eval_shape(lambda: train_lib.init_params(cfg, jax.random.key(0)))
   mask = train_lib._decay_mask(params)  # pylint: disable=protected-access
   assert mask["embedding"] and mask["layer_0"]["attention"]["q"]
   assert mask["layer_0"]["ff"]["layer_1"]["kernel"]
@@ -137,22 +138,18 @@ def test_weight_decay_skips_biases_norms_and_embeddings_of_one_dim():
 
 
 def test_bfloat16_compute_keeps_float32_master_weights():
-  def one_step(dtype):
-    run = run_config.parse(train_helpers.tiny_config(**{"model.dtype": dtype,
-                                                        "model.n_layers": 1,
-                                                        "mesh_shape": (1, 1, 1)}))
-    trainer = train_lib.Trainer(run, run.model_config(train_helpers.VOCAB, train_helpers.MASK_ID),
-                                sharding.make_mesh((1, 1, 1), jax.devices()[:1]))
-    state = trainer.init(0)
-    batch = trainer.global_batch(train_helpers.synthetic_batch(8, 16), 8)
-    state, step_metrics = trainer.train_step(state, batch, trainer.step_key(state, 0))
-    return state, float(step_metrics.compute()["loss"])
-  state, loss = one_step("bfloat16")
+  run = run_config.parse(train_helpers.tiny_config(**{"model.dtype": "bfloat16",
+                                                      "mesh_shape": (1, 1, 1)}))
+  trainer = train_lib.Trainer(run, run.model_config(train_helpers.VOCAB, train_helpers.MASK_ID),
+                              sharding.make_mesh((1, 1, 1), jax.devices()[:1]))
+  state = trainer.init(0)
+  batch = trainer.global_batch(train_helpers.synthetic_batch(8, 16), 8)
+  state, step_metrics = trainer.train_step(state, batch, trainer.step_key(state, 0))
   assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(state.params))
   assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(state.opt_state)
              if np.issubdtype(leaf.dtype, np.floating))
-  _, float32_loss = one_step("float32")
-  assert abs(loss - float32_loss) < 0.05
+  # A freshly initialised model is close to uniform over the vocabulary.
+  assert abs(float(step_metrics.compute()["loss"]) - np.log(train_helpers.VOCAB)) < 0.5
 
 
 @pytest.mark.parametrize("name", ["default", "xlnet_base", "tpu_pod"])
