@@ -5,10 +5,11 @@ Override any field from the command line, e.g. --config.num_train_steps=100.
 
 Sized for a 2-core CPU: 4 layers of d_model 128 (1.4M parameters with the 4096-piece tokenizer),
 500 steps of 32 x 128 tokens (2M tokens, about a fifth of the corpus). Measured on 2 cores: 5,700
-to 6,500 tokens/s while the machine is otherwise idle (which puts an idle run at about 6 minutes), 8.6 minutes
-wall-clock with another job taking a core for most of it; held-out masked-token loss 3.86 nats
-against a held-out unigram entropy of 5.91 nats. A d_model 256 model (5.5M parameters, 8192 pieces) is about
-three times slower per token and was at 4.63 nats (unigram 5.70) after 600 steps of 16 x 128.
+to 6,500 tokens/s while the machine is otherwise idle (which puts an idle run at about 6 minutes),
+8.6 minutes wall-clock with another job taking a core for most of the run; held-out masked-token
+loss 3.86 nats against a held-out unigram entropy of 5.91 nats. A d_model 256 model (5.5M
+parameters, 8192 pieces) is about three times slower per token and was at 4.63 nats (unigram 5.70)
+after 600 steps of 16 x 128.
 
 Masking-rate range, measured with this config at step 500 (held-out loss in nats by masking rate;
 unigram entropy 5.91):
