@@ -399,6 +399,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   for split in (run.data.train_split, run.data.eval_split):
     data_lib.open_source(run.data.source, split, text_key=run.data.text_key,
                          data_dir=run.data.data_dir)
+  if run.data.tokenizer_path and not epath.Path(run.data.tokenizer_path).is_file():
+    raise FileNotFoundError(f"Tokenizer model not found: {run.data.tokenizer_path} "
+                            "(data.tokenizer_path)")
   is_main = jax.process_index() == 0
   if is_main:
     workdir.mkdir(parents=True, exist_ok=True)

@@ -417,10 +417,6 @@ def _evals(*flags_: str) -> tuple[str, ...]:
   return ("-m", "asarm_jax.evals", *flags_)
 
 
-_TRAIN_TRACEBACK = ("train.py owner: train.py's main() does not catch the refusal, so absl prints "
-                    "a Python traceback before the message (sample.py catches ValueError / "
-                    "FileNotFoundError and exits with 'error: ...')")
-
 CLI_ROWS = [
     CliRow("sample.py/workdir_without_checkpoint",
            ("sample.py", "--workdir", "{d}/workdir", "--text", "x = [MASK]", "--json"),
@@ -439,31 +435,22 @@ CLI_ROWS = [
            ("sample.py", "--random_model", "--text", "x = [MASK*0]", "--json"),
            r"flag --text=.*'\[MASK\*0\]' .*n must be >= 1"),
     CliRow("train.py/unknown_config_key", _train("--config.nonexistent=1"),
-           r"(?i)(unknown|no such|not a).*nonexistent|nonexistent.*(unknown|no such|not a)",
-           xfail="train.py owner: ml_collections' override parser fails with a bare "
-                 "AttributeError: \"'nonexistent'\" that never says it is an unknown config key "
-                 "nor lists the known ones", traceback_xfail=_TRAIN_TRACEBACK),
+           r"(?i)(unknown|no such|not a).*nonexistent|nonexistent.*(unknown|no such|not a)"),
     CliRow("train.py/batch_not_divisible_by_mesh",
            _train("--config.batch_size=12"),  # 8 simulated devices
            r"batch_size / grad_accum_steps = 12 is not divisible by the mesh's data x fsdp size "
-           r"8 x 1 = 8", traceback_xfail=_TRAIN_TRACEBACK),
+           r"8 x 1 = 8"),
     CliRow("train.py/seq_len_above_max_len", _train("--config.seq_len=128"),
-           r"seq_len = 128 must be in \[1, model\.max_len = 64\]",
-           traceback_xfail=_TRAIN_TRACEBACK),
+           r"seq_len = 128 must be in \[1, model\.max_len = 64\]"),
     CliRow("train.py/unknown_tfds_dataset", _train("--config.data.source=tfds:does_not_exist",
                                                    "--config.data.data_dir={d}/tfds"),
-           r"Unknown TFDS dataset 'does_not_exist'", traceback_xfail=_TRAIN_TRACEBACK),
+           r"Unknown TFDS dataset 'does_not_exist'"),
     CliRow("train.py/workdir_of_another_config", _train(),
            r"(?s)workdir holds a run with an incompatible config.*model\.d_model: 64 in the "
-           r"workdir, 32 now", files=(("workdir/run.json", json.dumps(_OTHER_RUN)),),
-           traceback_xfail=_TRAIN_TRACEBACK),
+           r"workdir, 32 now", files=(("workdir/run.json", json.dumps(_OTHER_RUN)),)),
     CliRow("train.py/missing_tokenizer_path",
            _train("--config.data.tokenizer_path={d}/no_such/tokenizer.model"),
-           r"Tokenizer model not found: .*no_such/tokenizer\.model",
-           xfail="training owner (train_lib.train_and_evaluate): data.tokenizer_path is opened "
-                 "only after the workdir is created, so the refusal leaves an empty workdir "
-                 "behind; check the file exists with the other checks, before workdir.mkdir",
-           traceback_xfail=_TRAIN_TRACEBACK),
+           r"Tokenizer model not found: .*no_such/tokenizer\.model"),
     CliRow("evals/unknown_task", _evals("--workdir", "{d}", "--task", "perplexity"),
            r"argument --task: invalid choice: 'perplexity' \(choose from 'humaneval_infill', "
            r"'heldout_loss', 'story_infill'"),
