@@ -94,7 +94,7 @@ def positions_by_rank(ranks: jax.Array) -> jax.Array:
   return jnp.argsort(ranks, axis=-1).astype(jnp.int32)
 
 
-def _ranks_from_sort_keys(keys: jax.Array) -> jax.Array:
+def ranks_from_sort_keys(keys: jax.Array) -> jax.Array:
   """Rank of every entry when a row is sorted by `keys` [B, N] (ascending, stable)."""
   order = jnp.argsort(keys, axis=-1, stable=True)
   return jnp.argsort(order, axis=-1).astype(jnp.int32)
@@ -116,7 +116,7 @@ def infill_ranks(is_prompt: jax.Array) -> jax.Array:
   """
   length = is_prompt.shape[-1]
   positions = jnp.arange(length, dtype=jnp.int32)
-  return _ranks_from_sort_keys(jnp.where(is_prompt, positions, positions + length))
+  return ranks_from_sort_keys(jnp.where(is_prompt, positions, positions + length))
 
 
 def random_ranks(key: jax.Array, is_prompt: jax.Array) -> jax.Array:
@@ -132,7 +132,7 @@ def random_ranks(key: jax.Array, is_prompt: jax.Array) -> jax.Array:
   length = is_prompt.shape[-1]
   positions = jnp.arange(length, dtype=jnp.float32)
   noise = jax.random.uniform(key, is_prompt.shape, jnp.float32)
-  return _ranks_from_sort_keys(jnp.where(is_prompt, positions, length + noise))
+  return ranks_from_sort_keys(jnp.where(is_prompt, positions, length + noise))
 
 
 def num_prompt_of(is_prompt: jax.Array) -> jax.Array:

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from clu import metrics as clu_metrics
 
+from asarm_jax import masks as masks_lib
 from asarm_jax.model import ASARM, ModelConfig
 
 HIDDEN_ORDERS = ("left_to_right", "random")
@@ -120,16 +121,10 @@ def num_hidden_for(valid: jax.Array, rates: jax.Array) -> jax.Array:
   return jnp.minimum(jnp.maximum(count, 1), num_valid)
 
 
-def _ranks_from_sort_keys(keys: jax.Array) -> jax.Array:
-  """Rank of each entry when its row is sorted by `keys` [B, N] (ascending, stable)."""
-  order = jnp.argsort(keys, axis=-1, stable=True)
-  return jnp.argsort(order, axis=-1).astype(jnp.int32)
-
-
 def choose_hidden(rng: jax.Array, valid: jax.Array, num_hidden: jax.Array) -> jax.Array:
   """bool [B, N]: `num_hidden[b]` valid positions of row b, a uniformly random subset."""
   noise = jax.random.uniform(rng, valid.shape, jnp.float32)
-  noise_rank = _ranks_from_sort_keys(jnp.where(valid, noise, 2.0))  # padding sorts last
+  noise_rank = masks_lib.ranks_from_sort_keys(jnp.where(valid, noise, 2.0))  # padding sorts last
   return noise_rank < num_hidden[:, None]
 
 
@@ -160,7 +155,7 @@ def training_order(valid: jax.Array, hidden: jax.Array, *, hidden_order: str = "
   keys = jnp.where(hidden, length + within_hidden, positions)  # visible: [0, N), hidden: [N, 2N)
   keys = jnp.where(valid, keys, 3 * length + positions)  # padding: [3N, 4N)
   num_prompt = jnp.sum(valid & ~hidden, axis=-1, dtype=jnp.int32)
-  return Order(ranks=_ranks_from_sort_keys(keys), num_prompt=num_prompt, hidden=hidden)
+  return Order(ranks=masks_lib.ranks_from_sort_keys(keys), num_prompt=num_prompt, hidden=hidden)
 
 
 def make_order(rng: jax.Array, valid: jax.Array, rates: jax.Array,
