@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import grain.python as grain_python
 import jax
+import numpy as np
+from absl import logging
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -29,6 +32,7 @@ from asarm_jax.model import ModelConfig, init_params
 RUN_FILE = "run.json"
 TOKENIZER_FILE = "tokenizer.model"
 CHECKPOINT_DIR = "checkpoints"
+BAD_CHECKPOINT_DIR = "bad_checkpoints"  # unreadable checkpoints are moved here, out of the way
 FORMAT_VERSION = 1
 
 
@@ -106,7 +110,9 @@ class Checkpointer:
   def __init__(self, workdir: str | epath.PathLike, *, save_every_steps: int = 1000,
                keep: int = 3, async_save: bool = True, read_only: bool = False):
     self.directory = _absolute(epath.Path(workdir)) / CHECKPOINT_DIR
+    self._read_only = read_only
     self._save_every_steps = save_every_steps
+    self._last_saved_step: int | None = None
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=save_every_steps, max_to_keep=keep,
         enable_async_checkpointing=async_save, create=not read_only, read_only=read_only)
@@ -132,7 +138,63 @@ class Checkpointer:
                                              "opt_state": state.opt_state})}
     if data_iterator is not None:
       items["data"] = grain_python.PyGrainCheckpointSave(data_iterator)
-    return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    saved = self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    if saved:
+      self._last_saved_step = step
+    return saved
+
+  def save_now(self, step: int, state: Any, data_iterator: Any = None):
+    """Saves at `step` (unless this Checkpointer already saved it) and waits until it is written:
+    on return the checkpoint is complete on disk (e.g. before exiting on SIGTERM)."""
+    if self._last_saved_step != step:
+      self.save(step, state, data_iterator, force=True)
+    self.wait()
+
+  def restore_latest_good(self, abstract_state: Any, data_iterator: Any = None) -> Any:
+    """Restores the newest checkpoint that reads back whole and finite.
+
+    A checkpoint that fails to restore (missing or garbled files) or holds non-finite values is
+    logged as a warning naming its step and the next older one is tried; once one restores, the
+    unusable newer ones are moved to `<workdir>/bad_checkpoints/` (so that their steps can be saved
+    again). If none restores (e.g. a config that no longer matches), nothing is moved.
+
+    Raises:
+      FileNotFoundError: there is no checkpoint.
+      RuntimeError: no checkpoint could be restored (each step's error named).
+    """
+    steps = sorted(self.all_steps(), reverse=True)
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint found in {self.directory}")
+    errors = []
+    for step in steps:
+      try:
+        state = self.restore(abstract_state, data_iterator, step=step)
+        bad = [jax.tree_util.keystr(path) for path, leaf in
+               jax.tree_util.tree_leaves_with_path((state.params, state.opt_state))
+               if np.issubdtype(leaf.dtype, np.floating) and not bool(jax.numpy.isfinite(
+                   leaf).all())]
+        if bad:
+          raise ValueError(f"non-finite values in {bad[:5]}")
+      except Exception as error:  # pylint: disable=broad-except
+        errors.append((step, f"{type(error).__name__}: {error}"))
+        logging.warning("Checkpoint of step %d in %s is unusable (%s: %s); falling back to the "
+                        "previous one", step, self.directory, type(error).__name__, error)
+        continue
+      for bad_step, _ in errors:  # only once an older one restored: never all of them
+        self._set_aside(bad_step)
+      return state
+    raise RuntimeError(f"no usable checkpoint in {self.directory}:\n  " + "\n  ".join(
+        f"step {step}: {error}" for step, error in errors))
+
+  def _set_aside(self, step: int):
+    """Moves the checkpoint of `step` out of the checkpoint directory (process 0, writable)."""
+    if self._read_only or jax.process_index() != 0:
+      return
+    target = self.directory.parent / BAD_CHECKPOINT_DIR / f"{step}.{int(time.time())}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    (self.directory / str(step)).rename(target)
+    logging.warning("Moved the unusable checkpoint of step %d to %s", step, target)
+    self._manager.reload()
 
   def restore(self, abstract_state: Any, data_iterator: Any = None,
               step: int | None = None) -> Any:

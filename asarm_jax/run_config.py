@@ -21,8 +21,9 @@ TOP_LEVEL_KEYS = frozenset({
     "grad_accum_steps", "num_train_steps", "mesh_shape", "logical_axis_rules", "log_every_steps",
     "eval_every_steps", "num_eval_batches", "eval_batch_size", "eval_rates",
     "checkpoint_every_steps", "keep_checkpoints", "async_checkpointing", "progress_bar",
-    "measure_peak_flops", "init_from",
+    "measure_peak_flops", "init_from", "nonfinite_policy",
 })
+NONFINITE_POLICIES = ("skip", "stop")
 SECTIONS = ("model", "data", "objective", "optimizer")
 
 
@@ -127,6 +128,7 @@ class RunConfig:
   progress_bar: bool
   measure_peak_flops: bool
   init_from: str | None = None
+  nonfinite_policy: str = "skip"
 
   def model_config(self, vocab_size: int, mask_token_id: int) -> ModelConfig:
     return ModelConfig.from_dict({**self.model, "vocab_size": vocab_size,
@@ -194,6 +196,7 @@ def parse(config: ml_collections.ConfigDict) -> RunConfig:
       progress_bar=bool(values["progress_bar"]),
       measure_peak_flops=bool(values["measure_peak_flops"]),
       init_from=values["init_from"] or None,
+      nonfinite_policy=values["nonfinite_policy"],
   )
   _check_values(run)
   return run
@@ -219,5 +222,8 @@ def _check_values(run: RunConfig):
                      f"{run.grad_accum_steps}")
   if any(not 0.0 <= r <= 1.0 for r in run.eval_rates):
     raise ValueError(f"eval_rates must lie in [0, 1]; got {run.eval_rates}")
+  if run.nonfinite_policy not in NONFINITE_POLICIES:
+    raise ValueError(f"nonfinite_policy must be one of {NONFINITE_POLICIES}; got "
+                     f"{run.nonfinite_policy!r}")
   if run.distributed not in ("auto", "always", "never"):
     raise ValueError(f"distributed must be 'auto', 'always' or 'never'; got {run.distributed!r}")

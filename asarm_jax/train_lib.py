@@ -6,6 +6,8 @@ checkpoint.py for the layout of `workdir` and `load_for_inference` to use the re
 """
 
 import functools
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -56,6 +58,61 @@ class TrainState:
     return jax.random.wrap_key_data(self.rng)
 
 
+_NONFINITE_METRICS = ("loss", "grad_norm", "update_norm")  # bit i of `first_nonfinite.which`
+_NO_STEP = np.iinfo(np.int32).max
+
+
+class NonFiniteError(FloatingPointError):
+  """A training step produced a non-finite loss, gradient or update (nonfinite_policy='stop')."""
+
+
+@flax.struct.dataclass
+class Count(clu_metrics.Metric):
+  """A sum of per-step integers (e.g. skipped updates) over a logging interval."""
+  total: jax.Array
+
+  @classmethod
+  def from_model_output(cls, value: jax.Array, **_) -> "Count":
+    return cls(total=jnp.asarray(value, jnp.int32))
+
+  @classmethod
+  def empty(cls) -> "Count":
+    return cls(total=jnp.zeros((), jnp.int32))
+
+  def merge(self, other: "Count") -> "Count":
+    return type(self)(total=self.total + other.total)
+
+  def compute(self) -> jax.Array:
+    return self.total
+
+
+@flax.struct.dataclass
+class FirstNonFinite(clu_metrics.Metric):
+  """The first step of an interval whose update was non-finite (`_NO_STEP` if none), and which of
+  `_NONFINITE_METRICS` were non-finite then (a bit mask)."""
+  step: jax.Array
+  which: jax.Array
+
+  @classmethod
+  def from_model_output(cls, step: jax.Array, which: jax.Array, **_) -> "FirstNonFinite":
+    which = jnp.asarray(which, jnp.int32)
+    return cls(step=jnp.where(which > 0, jnp.asarray(step, jnp.int32), _NO_STEP), which=which)
+
+  @classmethod
+  def empty(cls) -> "FirstNonFinite":
+    return cls(step=jnp.asarray(_NO_STEP, jnp.int32), which=jnp.zeros((), jnp.int32))
+
+  def merge(self, other: "FirstNonFinite") -> "FirstNonFinite":
+    first = self.step <= other.step
+    return type(self)(step=jnp.where(first, self.step, other.step),
+                      which=jnp.where(first, self.which, other.which))
+
+  def compute(self) -> tuple[int | None, list[str]]:
+    step, which = int(self.step), int(self.which)
+    return (None if step == _NO_STEP else step,
+            [name for i, name in enumerate(_NONFINITE_METRICS) if which >> i & 1])
+
+
 @flax.struct.dataclass
 class TrainMetrics(clu_metrics.Collection):
   """Per-step training metrics, merged over a logging interval."""
@@ -65,6 +122,14 @@ class TrainMetrics(clu_metrics.Collection):
   learning_rate: clu_metrics.LastValue.from_output("learning_rate")
   min_masking_rate: clu_metrics.LastValue.from_output("min_masking_rate")
   max_masking_rate: clu_metrics.LastValue.from_output("max_masking_rate")
+  skipped_updates: Count
+  first_nonfinite: FirstNonFinite
+
+  def compute(self) -> dict[str, Any]:
+    """The logged values; `first_nonfinite` is left out (see `_check_finite`)."""
+    values = super().compute()
+    values.pop("first_nonfinite")
+    return values
 
 
 def learning_rate_schedule(opt: run_config.OptimizerConfig, *, num_train_steps: int,
@@ -139,6 +204,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
     model_cfg, masking, tx, schedule: static configuration.
     accum_steps: gradient-accumulation micro-batches per step (divides B).
 
+  A step whose loss, gradient norm or update norm is non-finite applies no update: params and
+  optimizer state stay as they were, the step counter still advances (the batch is consumed and
+  step t + 1 gets its own randomness, so a run with a skipped step stays reproducible), and the
+  metrics count it in `skipped_updates` and record it in `first_nonfinite`. The check is on device;
+  the host reads it only when it logs or checkpoints (see `_check_finite`).
+
   Returns:
     (the new state, this step's TrainMetrics).
   """
@@ -177,13 +248,23 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   grads = jax.tree.map(lambda g: g / count, grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  grad_norm = optax.global_norm(grads)
+  checked = (loss_metrics.loss.total, grad_norm, optax.global_norm(updates))
+  which = sum(jnp.where(jnp.isfinite(x), 0, 1 << i).astype(jnp.int32)
+              for i, x in enumerate(checked))
+  finite = which == 0
+  params = jax.tree.map(lambda new, old: jnp.where(finite, new, old), params, state.params)
+  opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), opt_state,
+                           state.opt_state)
   metrics = TrainMetrics.empty().replace(
       loss=loss_metrics.loss, accuracy=loss_metrics.accuracy,
-      grad_norm=clu_metrics.Average.from_model_output(optax.global_norm(grads)),
+      grad_norm=clu_metrics.Average.from_model_output(grad_norm),
       learning_rate=clu_metrics.LastValue.from_model_output(
           jnp.asarray(schedule(state.step), jnp.float32)),
       min_masking_rate=clu_metrics.LastValue.from_model_output(low),
-      max_masking_rate=clu_metrics.LastValue.from_model_output(high))
+      max_masking_rate=clu_metrics.LastValue.from_model_output(high),
+      skipped_updates=Count.from_model_output(jnp.logical_not(finite)),
+      first_nonfinite=FirstNonFinite.from_model_output(state.step, which))
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   return new_state, metrics
 
@@ -427,7 +508,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       workdir, save_every_steps=run.checkpoint_every_steps, keep=run.keep_checkpoints,
       async_save=run.async_checkpointing)
   if checkpointer.latest_step is not None:
-    state = checkpointer.restore(trainer.abstract_state(), train_iter)
+    state = checkpointer.restore_latest_good(trainer.abstract_state(), train_iter)
     logging.info("Resumed from %s at step %d", checkpointer.directory, int(state.step))
   elif run.init_from:
     state = trainer.init_from_checkpoint(run.seed, run.init_from)
@@ -445,7 +526,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpointer.close()
     writer.close()
   summary["time/total_s"] = time.perf_counter() - run_start
-  if is_main:
+  if is_main and "train/preempted_at_step" not in summary:
     writer = metrics_lib.MetricWriter(workdir)
     writer.write_scalars(run.num_train_steps, {"time/total_s": summary["time/total_s"]})
     writer.close()
@@ -473,6 +554,46 @@ def _run_summary(run: run_config.RunConfig, model_cfg: ModelConfig,
   return summary
 
 
+class _StopSignal:
+  """Within the block, SIGTERM sets `received` (the signal number) instead of killing the process;
+  the loop checkpoints and stops at the next step boundary. Only the main thread can install
+  handlers; elsewhere this is a no-op."""
+
+  def __init__(self):
+    self.received: int | None = None
+    self._previous = None
+
+  def _handle(self, signum, frame):
+    del frame
+    self.received = signum
+
+  def __enter__(self) -> "_StopSignal":
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def __exit__(self, *exc_info):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+
+def _check_finite(run: run_config.RunConfig, interval_metrics: TrainMetrics,
+                  checkpointer: checkpoint_lib.Checkpointer):
+  """With nonfinite_policy='stop', raises NonFiniteError if any step of the interval had a
+  non-finite loss, gradient or update. Called before the interval's state is checkpointed."""
+  if run.nonfinite_policy != "stop":
+    return
+  step, which = interval_metrics.first_nonfinite.compute()
+  if step is None:
+    return
+  raise NonFiniteError(
+      f"non-finite {', '.join(which)} at step {step} (the update from step {step} to "
+      f"{step + 1}, on training batch index {step}, 0-based); nonfinite_policy='stop', so no "
+      f"checkpoint of a later state was written. The latest checkpoint is step "
+      f"{checkpointer.latest_step} in {checkpointer.directory}.")
+
+
 def _train_loop(run: run_config.RunConfig, trainer: Trainer, state: TrainState,
                 train_iter: Iterator[dict[str, np.ndarray]],
                 eval_batches: list[dict[str, np.ndarray]],
@@ -490,38 +611,54 @@ def _train_loop(run: run_config.RunConfig, trainer: Trainer, state: TrainState,
   interval_metrics = None
   interval_start, interval_steps = time.perf_counter(), 0
   train_time = 0.0
-  for step in range(start_step, run.num_train_steps):
-    batch = trainer.global_batch(next(train_iter), run.batch_size)
-    state, step_metrics = trainer.train_step(state, batch, trainer.step_key(state, step))
-    interval_metrics = (step_metrics if interval_metrics is None
-                        else interval_metrics.merge(step_metrics))
-    interval_steps += 1
-    done = step + 1
-    checkpointer.save(done, state, train_iter, force=done == run.num_train_steps)
-    progress.update(1)
-    if done % run.log_every_steps == 0 or done == run.num_train_steps:
-      values = {f"train/{k}": float(v) for k, v in interval_metrics.compute().items()}
-      elapsed = time.perf_counter() - interval_start
-      train_time += elapsed
-      values["train/steps_per_s"] = interval_steps / elapsed
-      values["train/tokens_per_s"] = interval_steps * tokens_per_step / elapsed
-      if "train/peak_flops" in summary:
-        values["train/mfu"] = (values["train/tokens_per_s"] * summary["train/flops_per_token"]
-                               / summary["train/peak_flops"])
-      writer.write_scalars(done, values)
-      progress.set_postfix(loss=f"{values['train/loss']:.3f}",
-                           tok_s=f"{values['train/tokens_per_s']:.0f}")
-      results.update(values)
-      interval_metrics, interval_steps = None, 0
-      interval_start = time.perf_counter()
-    if eval_batches and (done % run.eval_every_steps == 0 or done == run.num_train_steps):
-      eval_start = time.perf_counter()
-      eval_values = evaluate(trainer, state.params, eval_batches, run.seed)
-      eval_values["eval/unigram_entropy"] = summary["eval/unigram_entropy"]
-      eval_values["eval/time_s"] = time.perf_counter() - eval_start
-      writer.write_scalars(done, eval_values)
-      results.update(eval_values)
-      interval_start += eval_values["eval/time_s"]  # keep throughput about training alone
+  skipped_total = 0
+  with _StopSignal() as stop_signal:
+    for step in range(start_step, run.num_train_steps):
+      batch = trainer.global_batch(next(train_iter), run.batch_size)
+      state, step_metrics = trainer.train_step(state, batch, trainer.step_key(state, step))
+      interval_metrics = (step_metrics if interval_metrics is None
+                          else interval_metrics.merge(step_metrics))
+      interval_steps += 1
+      done = step + 1
+      preempted = stop_signal.received is not None
+      log_due = done % run.log_every_steps == 0 or done == run.num_train_steps or preempted
+      save_due = (done % run.checkpoint_every_steps == 0 or done == run.num_train_steps
+                  or preempted)
+      if log_due or save_due:  # reads the interval's flags: a host sync only where one happens
+        _check_finite(run, interval_metrics, checkpointer)
+      checkpointer.save(done, state, train_iter, force=done == run.num_train_steps)
+      progress.update(1)
+      if log_due:
+        values = {f"train/{k}": float(v) for k, v in interval_metrics.compute().items()}
+        skipped_total += int(values["train/skipped_updates"])
+        elapsed = time.perf_counter() - interval_start
+        train_time += elapsed
+        values["train/steps_per_s"] = interval_steps / elapsed
+        values["train/tokens_per_s"] = interval_steps * tokens_per_step / elapsed
+        if "train/peak_flops" in summary:
+          values["train/mfu"] = (values["train/tokens_per_s"] * summary["train/flops_per_token"]
+                                 / summary["train/peak_flops"])
+        writer.write_scalars(done, values)
+        progress.set_postfix(loss=f"{values['train/loss']:.3f}",
+                             tok_s=f"{values['train/tokens_per_s']:.0f}")
+        results.update(values)
+        interval_metrics, interval_steps = None, 0
+        interval_start = time.perf_counter()
+      if preempted:
+        checkpointer.save_now(done, state, train_iter)
+        logging.warning("Received signal %d: wrote the checkpoint of step %d and stopped",
+                        stop_signal.received, done)
+        results["train/preempted_at_step"] = float(done)
+        break
+      if eval_batches and (done % run.eval_every_steps == 0 or done == run.num_train_steps):
+        eval_start = time.perf_counter()
+        eval_values = evaluate(trainer, state.params, eval_batches, run.seed)
+        eval_values["eval/unigram_entropy"] = summary["eval/unigram_entropy"]
+        eval_values["eval/time_s"] = time.perf_counter() - eval_start
+        writer.write_scalars(done, eval_values)
+        results.update(eval_values)
+        interval_start += eval_values["eval/time_s"]  # keep throughput about training alone
+  results["train/skipped_updates_total"] = float(skipped_total)
   progress.close()
   results["train/time_s"] = train_time
   return results

@@ -103,4 +103,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.async_checkpointing = True
   config.progress_bar = True
   config.measure_peak_flops = True
+  # A step whose loss, gradient or update is NaN / inf never changes the parameters. 'skip': the
+  # step counter and data still advance and train/skipped_updates counts it; 'stop': raise at the
+  # next log or checkpoint boundary, naming the step, before that state is checkpointed.
+  config.nonfinite_policy = "skip"
   return config
