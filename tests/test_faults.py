@@ -139,16 +139,24 @@ def _write_config(path, overrides):
 def _start_train(tmp_path, workdir):
   config = _write_config(tmp_path / "tiny_config.py", LONG)
   env = dict(os.environ, JAX_DEFAULT_MATMUL_PRECISION="highest")  # as tests/conftest.py sets
+  log = open(tmp_path / "train.log", "wb")  # not a pipe: a full pipe would block the child
   return subprocess.Popen([sys.executable, os.path.join(_ROOT, "train.py"), "--config", config,
-                           "--workdir", workdir], cwd=_ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                           "--workdir", workdir], cwd=_ROOT, env=env, stdout=log,
+                          stderr=subprocess.STDOUT)
+
+
+def _log_tail(process):
+  process.stdout.flush()
+  with open(process.args[process.args.index("--config") + 1].replace(
+      "tiny_config.py", "train.log"), "rb") as f:
+    return f.read().decode(errors="replace")[-3000:]
 
 
 def _wait_for_step(process, workdir, step, timeout=240):
   path = os.path.join(workdir, metrics.METRICS_FILE)
   deadline = time.monotonic() + timeout
   while time.monotonic() < deadline:
-    assert process.poll() is None, process.stdout.read().decode()[-3000:]
+    assert process.poll() is None, _log_tail(process)
     if os.path.exists(path) and any(s >= step for s in _losses(workdir)):
       return
     time.sleep(0.005)
@@ -169,8 +177,8 @@ def test_sigterm_checkpoints_the_step_reached_and_resumes_exactly(long_run, tmp_
   process = _start_train(tmp_path, workdir)
   _wait_for_step(process, workdir, 2)
   process.send_signal(signal.SIGTERM)
-  output = process.communicate(timeout=120)[0].decode()
-  assert process.returncode == 0, output[-3000:]
+  process.wait(timeout=120)
+  assert process.returncode == 0, _log_tail(process)
   reached = max(_losses(workdir))
   assert reached < LONG_STEPS, "the run ended before the signal: make it longer"
   assert _step_dirs(workdir)[-1] == reached  # the final checkpoint is the step reached
