@@ -502,7 +502,10 @@ def markdown(results: dict[str, Any], *, full: bool) -> str:
   configuration as well."""
   rows = results["results"]
   head = results["plan"]["headline_seq_len"]
-  lines = [f"Model: {results['model']['description']}. Host: {results['machine']['summary']}.",
+  machine = results["machine"]
+  load = (f"load average {machine['load_average_start'][0]:.1f} at the start, "
+          f"{machine['load_average_end'][0]:.1f} at the end")
+  lines = [f"Model: {results['model']['description']}. Host: {machine['summary']}, {load}.",
            "", "| target | measured | goal | met |", "|---|---|---|---|"]
   for name, target in results["targets"].items():
     lines.append(f"| {name}: {target['description']} | {_fmt(target['measured'])} | "
@@ -537,11 +540,11 @@ def _git_state() -> dict[str, Any]:
   try:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                             text=True, check=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "asarm_jax"], cwd=root,
-                           capture_output=True, text=True, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "asarm_jax", "benchmarks/*.py"],
+                           cwd=root, capture_output=True, text=True, check=True).stdout
   except (OSError, subprocess.CalledProcessError):
     return {"commit": None}
-  return {"commit": commit, "asarm_jax_modified": bool(dirty)}
+  return {"commit": commit, "uncommitted_changes": [line[3:] for line in dirty.splitlines()]}
 
 
 def _machine() -> dict[str, Any]:
@@ -552,7 +555,7 @@ def _machine() -> dict[str, Any]:
               f"({platform.processor() or platform.system()}), jax {jax.__version__}",
       platform=platform.platform(), python=platform.python_version(), cpu_count=cores,
       jax=jax.__version__, backend=jax.default_backend(),
-      devices=[str(d) for d in devices], load_average_start=list(os.getloadavg()))
+      devices=[str(d) for d in devices])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -608,6 +611,7 @@ def run_benchmark(*, workdir: str | None = None, random_model: bool = False, qui
   if not quick and random_model == (workdir is not None):
     raise ValueError("name exactly one model: --workdir DIR or --random_model (or use --quick)")
   start = time.perf_counter()
+  load_at_start = list(os.getloadavg())
   plan = QUICK_PLAN if quick else FULL_PLAN
   if repeats is not None:
     plan = dataclasses.replace(plan, repeats=repeats)
@@ -662,7 +666,8 @@ def run_benchmark(*, workdir: str | None = None, random_model: bool = False, qui
       command=command or (f"run_benchmark(workdir={workdir!r}, random_model={random_model}, "
                           f"quick={quick}, seed={seed}, repeats={repeats})"),
       mode=plan.name,
-      machine={**_machine(), "load_average_end": list(os.getloadavg())},
+      machine={**_machine(), "load_average_start": load_at_start,
+               "load_average_end": list(os.getloadavg())},
       git=_git_state(),
       model=dict(label=model.label, description=model.description, config=model.cfg.to_dict(),
                  num_params=int(sum(x.size for x in jax.tree.leaves(model.params))),
