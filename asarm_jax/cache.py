@@ -1,18 +1,18 @@
 """The order-aware content key/value cache, and which rows a cached forward must compute.
 
-In an AS-ARM a decided token's content-stream state at every layer depends only on tokens of lower rank
-(and the prompt), so once computed its keys and values never change. The cache stores them by position.
-Which entries are valid is tracked by the caller as a per-row count `num_cached`: the entries of the
-positions of rank < num_cached hold the keys/values of their current (decided) tokens. Entries at other
-positions may be stale (a rejected draft) or empty.
+In an AS-ARM a decided token's content-stream state at every layer depends only on tokens of lower
+rank (and the prompt), so once computed its keys and values never change. The cache stores them by
+position. Which entries are valid is tracked by the caller as a per-row count `num_cached`: the
+entries of the positions of rank < num_cached hold the keys/values of their current (decided)
+tokens. Entries at other positions may be stale (a rejected draft) or empty.
 
 A cached forward with horizon h (every row it computes sees only ranks < h, content rows at most
-rank <= h - 1) is exact when its new content rows are the ranks [num_cached, h): every visible key is
-then either a valid cache entry or one of the new rows, which `ASARM.extend` writes before any row
-attends. Stale entries, all at ranks >= num_cached, are never visible: those below h are overwritten
-first, those at or above h are masked. The prompt block is cached at once (num_cached is 0 or at
-least num_prompt), since its rows see each other. `content_rows` plans these rows and `row_masks` builds the
-visibility of the new rows from ranks alone (never a [B, N, N] mask).
+rank <= h - 1) is exact when its new content rows are the ranks [num_cached, h): every visible key
+is then either a valid cache entry or one of the new rows, which `ASARM.extend` writes before any
+row attends. Stale entries, all at ranks >= num_cached, are never visible: those below h are
+overwritten first, those at or above h are masked. The prompt block is cached at once (num_cached is
+0 or at least num_prompt), since its rows see each other. `content_rows` plans these rows and
+`row_masks` builds the visibility of the new rows from ranks alone (never a [B, N, N] mask).
 """
 from __future__ import annotations
 

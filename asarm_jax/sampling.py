@@ -1,76 +1,80 @@
 """Exact samplers for AS-ARMs: sequential decoding, ASSD and fused ASSD, as one jitted while_loop.
 
 Every sampler draws from the same law: the product, in rank order, of the model's conditionals
-q(x_{rank n} | ranks < n), each passed through the same logit processing (`processors.probabilities`).
+q(x_{rank n} | ranks < n), each passed through the same logit processing
+(`processors.probabilities`).
 
 Sequential: one forward per generated token. The query row at the position of rank n sees exactly
 the positions of rank < n, so the tokens at undecided positions never matter.
 
-ASSD (Any-Subset Speculative Decoding, arXiv 2504.20456), one round for a row with n decided ranks and
-m = min(k, num_valid - n) ranks left to draft:
+ASSD (Any-Subset Speculative Decoding, arXiv 2504.20456), one round for a row with n decided ranks
+and m = min(k, num_valid - n) ranks left to draft:
   1. draft forward: the query rows at ranks n..n+m-1 each see exactly the decided positions; p_j is
      their processed law. Draw every x_j ~ p_j independently.
   2. verify forward with the drafts written in: q_j is the processed law of rank n+j given ranks
      < n+j, i.e. given the decided tokens and x_0..x_{j-1}.
-  3. in rank order, keep x_j with probability min(1, q_j(x_j) / p_j(x_j)); at the first rejection draw
-     the token of that rank from normalize(max(q_j - p_j, 0)) and end the round. No bonus token.
-Rank n's draft is always kept: its draft row sees exactly ranks < n, so p_0 *is* the model's conditional
-at rank n (the same as q_0 in exact arithmetic). Keeping it outright, instead of testing it against the
-verify pass's q_0, makes the rule exact in floating point as well (a test of q_0 against p_0 could
-reject on rounding noise and then resample from a residual made only of noise). When m == 1 the verify
-forward is therefore useless and is skipped (this is the paper's "last token with the draft pass
-alone").
+  3. in rank order, keep x_j with probability min(1, q_j(x_j) / p_j(x_j)); at the first rejection
+     draw the token of that rank from normalize(max(q_j - p_j, 0)) and end the round. No bonus
+     token.
+Rank n's draft is always kept: its draft row sees exactly ranks < n, so p_0 *is* the model's
+conditional at rank n (the same as q_0 in exact arithmetic). Keeping it outright, instead of testing
+it against the verify pass's q_0, makes the rule exact in floating point as well (a test of q_0
+against p_0 could reject on rounding noise and then resample from a residual made only of noise).
+When m == 1 the verify forward is therefore useless and is skipped (this is the paper's "last token
+with the draft pass alone").
 
-Fused ASSD (method "assd_fused"): one forward per round both verifies the current proposals for ranks
-n..n+m-1 and proposes ranks n+m..n+m+K-1 (query rows that see every rank < n+m, the current proposals
-included). Proposals outlive a rejection: after rank n+a is resampled the next window is the old
-proposals for ranks n+a+1..n+m-1 followed by the new ones. Every proposal carries the law it was drawn
-from, and every proposal goes through the min(1, q/p) test, except the first proposal of a window
-whose row saw exactly the decided ranks (the first forward's drafts, or the proposal after a round
-that kept everything): that one is the model's conditional and is kept outright, as in ASSD. Why
-proposals drawn before, or conditioned on, a later-rejected token are still exact proposals is written
-out in `speculation.py`.
+Fused ASSD (method "assd_fused"): one forward per round both verifies the current proposals for
+ranks n..n+m-1 and proposes ranks n+m..n+m+K-1 (query rows that see every rank < n+m, the current
+proposals included). Proposals outlive a rejection: after rank n+a is resampled the next window is
+the old proposals for ranks n+a+1..n+m-1 followed by the new ones. Every proposal carries the law it
+was drawn from, and every proposal goes through the min(1, q/p) test, except the first proposal of a
+window whose row saw exactly the decided ranks (the first forward's drafts, or the proposal after a
+round that kept everything): that one is the model's conditional and is kept outright, as in ASSD.
+Why proposals drawn before, or conditioned on, a later-rejected token are still exact proposals is
+written out in `speculation.py`.
 
-Adaptive draft length (`adaptive=True`, ASSD and fused): `draft_len` is the static maximum K and each
-row chooses its k in [1, K] every round from a discounted count of its past acceptance tests
-(`speculation.choose_draft_len`). Shapes stay static; slots past k are computed and ignored. k depends
-on the past only, so exactness is unaffected.
+Adaptive draft length (`adaptive=True`, ASSD and fused): `draft_len` is the static maximum K and
+each row chooses its k in [1, K] every round from a discounted count of its past acceptance tests
+(`speculation.choose_draft_len`). Shapes stay static; slots past k are computed and ignored. k
+depends on the past only, so exactness is unaffected.
 
-Order-aware cache (`use_cache=True`, the default): a decided token's content keys/values depend only on
-lower ranks, so the loop keeps them in a `KVCache` and a forward computes content rows only for ranks
-[num_cached, horizon) (see cache.py) and query rows only for the ranks it drafts, verifies or
+Order-aware cache (`use_cache=True`, the default): a decided token's content keys/values depend only
+on lower ranks, so the loop keeps them in a `KVCache` and a forward computes content rows only for
+ranks [num_cached, horizon) (see cache.py) and query rows only for the ranks it drafts, verifies or
 proposes. The first forward also computes the prompt's content rows (its "prefill"), so the cache
 costs no extra forward. Per method, the rows after the first forward are:
   sequential: content = the token decided last step (<= 1 row); query = rank n.
   ASSD:       draft: content = the token resampled last round (<= 1 row); query = ranks n..n+K-1.
-              verify: content = the drafts n..n+m-1; query = ranks n..n+K-1. Kept drafts stay cached.
+              verify: content = the drafts n..n+m-1; query = ranks n..n+K-1. Kept drafts stay
+                      cached.
   fused:      content = [num_cached, n+m) (<= K+1 rows); query = 2K rows (verify + propose).
 Outputs equal the uncached sampler's up to float rounding in the logits.
 
 NFE accounting (forward passes a row needs; a batched forward counts once for every row it serves):
-  ASSD: a round with m >= 2 drafts costs 2 NFE and decides at least 2 tokens (x_0 is kept; then either
-  x_1 is kept, or x_1 is rejected and rank n+1 is resampled); a round with m == 1 costs 1 NFE and
-  decides 1. Hence, deterministically for every row, NFE <= the number of tokens it generates (the
-  paper's bound: at most N - num_prompt forwards), rounds <= NFE <= 2 * rounds, and for k == 1 ASSD is
-  sequential decoding (1 NFE per token).
-  Fused: the first forward (drafts only) costs 1 NFE and decides nothing; every round after it costs 1
-  NFE and decides >= 1 token (slot 0 is kept, or rejected and resampled), except a round whose only
-  rank left is an exact first proposal: it is kept with no forward (0 NFE). Proof of NFE <= tokens:
-  Phi = tokens - NFE + [first proposal exact] starts at 0 - 1 + 1 = 0 and never decreases: a round with
-  an exact first proposal and m >= 2 decides >= 2 tokens (slot 0 outright, slot 1 kept or resampled)
-  for 1 NFE and loses at most the flag; a round without it decides >= 1 for 1 NFE; a round with m == 1
-  and an exact first proposal decides 1 for 1 NFE and, having kept everything, gets the flag back (or
-  finishes with 0 NFE). A finished row has the flag cleared, so tokens - NFE = Phi >= 0. Also
-  rounds <= tokens and NFE <= rounds + 1.
-`accepted` counts kept drafts (outright ones included), so tokens generated = accepted + (rounds that
-ended in a rejection); `drafted` counts the draft slots the rounds put to use (sum of m), so
+  ASSD: a round with m >= 2 drafts costs 2 NFE and decides at least 2 tokens (x_0 is kept; then
+  either x_1 is kept, or x_1 is rejected and rank n+1 is resampled); a round with m == 1 costs 1 NFE
+  and decides 1. Hence, deterministically for every row, NFE <= the number of tokens it generates
+  (the paper's bound: at most N - num_prompt forwards), rounds <= NFE <= 2 * rounds, and for k == 1
+  ASSD is sequential decoding (1 NFE per token).
+  Fused: the first forward (drafts only) costs 1 NFE and decides nothing; every round after it costs
+  1 NFE and decides >= 1 token (slot 0 is kept, or rejected and resampled), except a round whose
+  only rank left is an exact first proposal: it is kept with no forward (0 NFE). Proof of NFE <=
+  tokens: Phi = tokens - NFE + [first proposal exact] starts at 0 - 1 + 1 = 0 and never decreases: a
+  round with an exact first proposal and m >= 2 decides >= 2 tokens (slot 0 outright, slot 1 kept or
+  resampled) for 1 NFE and loses at most the flag; a round without it decides >= 1 for 1 NFE; a
+  round with m == 1 and an exact first proposal decides 1 for 1 NFE and, having kept everything,
+  gets the flag back (or finishes with 0 NFE). A finished row has the flag cleared, so tokens - NFE
+  = Phi >= 0. Also rounds <= tokens and NFE <= rounds + 1.
+`accepted` counts kept drafts (outright ones included), so tokens generated = accepted + (rounds
+that ended in a rejection); `drafted` counts the draft slots the rounds put to use (sum of m), so
 drafted / rounds is the mean draft length.
 
-Batches are ragged: every row has its own prompt length, `num_valid` and progress; the loop runs while
-any row is unfinished, and a finished row's state is carried through unchanged (bitwise). Each row owns
-a PRNG stream (split from `rng`), consumed only while the row is active, so a row's result does not
-depend on the other rows of its batch. Every iteration splits a row's key into (next, draft, accept,
-resample) in both samplers, so ASSD with k == 1 reproduces sequential decoding token for token.
+Batches are ragged: every row has its own prompt length, `num_valid` and progress; the loop runs
+while any row is unfinished, and a finished row's state is carried through unchanged (bitwise). Each
+row owns a PRNG stream (split from `rng`), consumed only while the row is active, so a row's result
+does not depend on the other rows of its batch. Every iteration splits a row's key into (next,
+draft, accept, resample) in every sampler, so ASSD with k == 1 reproduces sequential decoding token
+for token.
 """
 from __future__ import annotations
 
@@ -91,8 +95,8 @@ from asarm_jax.cache import KVCache
 from asarm_jax.model import ASARM, ModelConfig, empty_cache
 
 METHODS = ("assd", "assd_fused", "sequential")
-# Private test hooks: deliberately wrong rules, used to show that the exactness tests can fail. Never
-# use them for sampling. "stale_probs" and "always_keep_first" break fused rounds only.
+# Private test hooks: deliberately wrong rules, used to show that the exactness tests can fail.
+# Never use them for sampling. "stale_probs" and "always_keep_first" break fused rounds only.
 _VARIANTS = ("exact", *speculation.WRONG_ACCEPTANCE, "stale_probs", "always_keep_first")
 
 
@@ -136,8 +140,9 @@ class _LoopState:
 
 
 # ----------------------------------------------------------------------------------------------------
-# The forward pass. Every sampler's forward is "query rows at these ranks, each seeing the ranks below
-# min(its rank, horizon)"; with a cache only the content rows [num_cached, horizon) are computed.
+# The forward pass. Every sampler's forward is "query rows at these ranks, each seeing the ranks
+# below min(its rank, horizon)"; with a cache only the content rows [num_cached, horizon) are
+# computed.
 
 
 def _forward(params, cfg: ModelConfig, state: _LoopState, tokens, horizon, query_ranks,
@@ -369,8 +374,8 @@ def _fused_round(params, state: _LoopState, *, cfg: ModelConfig,
 def _loop(params, state: _LoopState, step) -> _LoopState:
   """Runs `step` until every row is done, carrying finished rows through unchanged.
 
-  The cache is not part of that: a finished row writes nothing to it (`cache.content_rows`) and it is
-  never read again, so it is not copied every iteration.
+  The cache is not part of that: a finished row writes nothing to it (`cache.content_rows`) and it
+  is never read again, so it is not copied every iteration.
   """
 
   def body(old: _LoopState) -> _LoopState:
@@ -498,8 +503,8 @@ def _prepare(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, *, method
     if not isinstance(value, (bool, np.bool_)):
       raise ValueError(f"{name} must be True or False; got {value!r}")
   if adaptive and method == "sequential":
-    raise ValueError("adaptive=True needs method 'assd' or 'assd_fused' (sequential decoding has no "
-                     "drafts)")
+    raise ValueError("adaptive=True needs method 'assd' or 'assd_fused' (sequential decoding has "
+                     "no drafts)")
   for name, value in (("temperature", temperature), ("top_p", top_p)):
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
       raise ValueError(f"{name} must be a number; got {value!r}")
@@ -574,7 +579,8 @@ def sample(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, *, method: 
     use_cache: keep the decided tokens' content keys/values (the order-aware cache): the same law
       and NFE, much less compute per forward.
     adaptive: choose each row's draft length per round in [1, draft_len] from its acceptance
-      history (speculative methods only).
+      history (speculative methods only; exact, but it saves no compute with static shapes, see
+      speculation.py).
     _variant: test hook (deliberately wrong rules); leave at "exact".
 
   Returns:

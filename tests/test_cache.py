@@ -1,10 +1,11 @@
-"""The order-aware cache: row planning, and every cached forward of the samplers equals the full one.
+"""The order-aware cache: row planning, and every cached forward of the samplers equals the full
+one.
 
 States are drawn at random mid-decoding (ragged: each row its own order, prompt length, progress and
-cache fill), the cache is filled for the ranks below `num_cached` and *poisoned* everywhere else, and
-each kind of forward the samplers run (sequential, ASSD draft and verify, fused, first forward with the
-prompt's content rows) must give the logits of a full forward under explicit masks, and leave valid
-keys/values for the new content rows.
+cache fill), the cache is filled for the ranks below `num_cached` and *poisoned* everywhere else,
+and each kind of forward the samplers run (sequential, ASSD draft and verify, fused, first forward
+with the prompt's content rows) must give the logits of a full forward under explicit masks, and
+leave valid keys/values for the new content rows.
 """
 import functools
 
@@ -47,9 +48,9 @@ def _prefilled(cfg, params, tokens, ranks, num_prompt, upto):
 
 
 def _random_state(cfg, seed):
-  """Per row: a random order and prompt length (0..3), n decided ranks, m in-flight drafts written in,
-  and a cache valid below num_cached in {n - 1, n}, at least num_prompt (the prompt block is cached
-  at once: its rows see each other)."""
+  """Per row: a random order and prompt length (0..3), n decided ranks, m in-flight drafts written
+  in, and a cache valid below num_cached in {n - 1, n}, at least num_prompt (the prompt block is
+  cached at once: its rows see each other)."""
   rs = np.random.RandomState(seed)
   ranks = np.stack([rs.permutation(LENGTH) for _ in range(BATCH)]).astype(np.int32)
   num_prompt = rs.randint(0, 4, BATCH).astype(np.int32)
@@ -66,7 +67,7 @@ def _random_state(cfg, seed):
 
 
 def _passes(n, m):
-  """Each sampler forward as (horizon [B], query ranks [B, Q], content rows S, num_cached or None)."""
+  """Each sampler forward: (horizon [B], query ranks [B, Q], content rows S, num_cached or None)."""
   slots = np.arange(DRAFT)[None, :]
   drafts = n[:, None] + slots
   return {

@@ -56,7 +56,8 @@ _SLOW_CONFIGS = ("sequential-greedy", "assd_k3-greedy", "fused_k8-t0.7_topp0.8")
 
 
 @pytest.mark.parametrize("name", [
-    pytest.param(name, marks=[pytest.mark.slow] if name in _SLOW_CONFIGS else []) for name in CONFIGS])
+    pytest.param(name, marks=[pytest.mark.slow] if name in _SLOW_CONFIGS else [])
+    for name in CONFIGS])
 def test_cached_samples_equal_uncached(model, ragged, name):
   cfg, params = model
   tokens, ranks, num_prompt, num_valid = ragged
@@ -84,7 +85,8 @@ _FAST = ("fused_k3-t1",)
 
 
 @pytest.mark.parametrize("name", [
-    pytest.param(name, marks=[] if name in _FAST else [pytest.mark.slow]) for name in UNCACHED_LAWS])
+    pytest.param(name, marks=[] if name in _FAST else [pytest.mark.slow])
+    for name in UNCACHED_LAWS])
 def test_uncached_law_matches_enumeration(model, name):
   _, options, sampling_name = UNCACHED_LAWS[name]
   options = {**options, **exact.SAMPLINGS[sampling_name], "use_cache": False}

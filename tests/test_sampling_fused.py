@@ -106,7 +106,7 @@ def test_rows_do_not_depend_on_their_batch(model, ragged):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Exactness by enumeration (cached, the default; the uncached fused sampler: test_sampling_cache.py).
+# Exactness by enumeration (cached, the default; uncached fused: test_sampling_cache.py).
 
 LAW_METHODS = {
     "fused_k1": dict(method="assd_fused", draft_len=1),
@@ -115,20 +115,27 @@ LAW_METHODS = {
     "assd_adaptive_k8": dict(method="assd", draft_len=8, adaptive=True),
     "fused_adaptive_k8": dict(method="assd_fused", draft_len=8, adaptive=True),
 }
-_FAST = {("fused_k3", "t1"), ("fused_k3", "t0.7_topp0.8"), ("fused_k8", "t1"),
-         ("assd_adaptive_k8", "t1"), ("fused_adaptive_k8", "t0.7_topp0.8")}
+# Every sampling config for fused k = 3; k = 1 (every proposal exact: sequential decoding), k = 8
+# and the adaptive lengths under fewer. Starred cases run by default, the others with the slow
+# tests.
+LAW_CASES = (
+    ("fused_k3", "t1", "*"), ("fused_k3", "t0.7_topp0.8", "*"), ("fused_k3", "t0.7", ""),
+    ("fused_k3", "t1_topk2", ""), ("fused_k8", "t1", "*"), ("fused_k8", "t0.7_topp0.8", ""),
+    ("fused_k8", "t1_topk2", ""), ("fused_k1", "t1", ""), ("assd_adaptive_k8", "t1", "*"),
+    ("assd_adaptive_k8", "t0.7_topp0.8", ""), ("fused_adaptive_k8", "t0.7_topp0.8", "*"),
+    ("fused_adaptive_k8", "t1", ""), ("fused_adaptive_k8", "t1_topk2", ""))
 
 
 @pytest.mark.parametrize("method_name, sampling_name", [
-    pytest.param(m, s, marks=[] if (m, s) in _FAST else [pytest.mark.slow], id=f"{m}-{s}")
-    for m in LAW_METHODS for s in exact.SAMPLINGS])
+    pytest.param(m, s, marks=[] if star else [pytest.mark.slow], id=f"{m}-{s}")
+    for m, s, star in LAW_CASES])
 def test_law_matches_enumeration(model, method_name, sampling_name):
   options = {**LAW_METHODS[method_name], **exact.SAMPLINGS[sampling_name]}
   samples, out = exact.draw(model, seed=zlib.crc32(f"{method_name}/{sampling_name}".encode()),
                             **options)
   reports = exact.check_all(samples, exact.laws(model, sampling_name))
-  print(method_name, sampling_name, [(r.name, f"p={r.pvalue:.3g}", f"tv={r.tv:.4f}<={r.tv_bound:.4f}")
-                                      for r in reports])
+  print(method_name, sampling_name,
+        [(r.name, f"p={r.pvalue:.3g}", f"tv={r.tv:.4f}<={r.tv_bound:.4f}") for r in reports])
   assert all(r.ok for r in reports), reports
   generated = np.array([len(c.hidden) for c in lib.CASES]).repeat(exact.PER_CASE)
   if options["method"] == "assd_fused":
