@@ -7,3 +7,16 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402  (must follow the environment set-up above)
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+import gc  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  """Frees each module's compiled programs and arrays, so one long session does not accumulate them."""
+  yield
+  jax.clear_caches()
+  gc.collect()
