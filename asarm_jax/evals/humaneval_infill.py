@@ -138,11 +138,7 @@ COLUMNS: tuple[report.Column, ...] = (
 
 def table(results: dict[str, Any]) -> str:
   settings = results["settings"]
-  rows = []
-  for method, values in results["methods"].items():
-    stats = values["sampling"]
-    rows.append({**values, **report.sampling_row(stats),
-                 "label": report.method_label(method, stats.draft_len)})
+  rows = report.method_rows(results)
   title = (f"HumanEval single-line infilling: {settings['num_tasks']} of "
            f"{settings['of_tasks']} tasks ({settings['subset']}), 1 sample each, "
            f"T={settings['temperature']:g}, context <= {settings['max_len']} tokens")

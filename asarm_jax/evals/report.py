@@ -186,3 +186,12 @@ def write_json(path: str | os.PathLike, results: dict[str, Any]) -> None:
   with open(path, "w", encoding="utf-8") as f:
     json.dump(_jsonable(results), f, indent=2, sort_keys=False)
     f.write("\n")
+
+
+def method_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+  """One table row per method of an eval result: its values, sampling columns and label."""
+  rows = []
+  for method, values in results["methods"].items():
+    stats = values["sampling"]
+    rows.append({**values, **sampling_row(stats), "label": method_label(method, stats.draft_len)})
+  return rows

@@ -160,11 +160,7 @@ COLUMNS: tuple[report.Column, ...] = (
 
 def table(results: dict[str, Any]) -> str:
   settings = results["settings"]
-  rows = []
-  for method, values in results["methods"].items():
-    stats = values["sampling"]
-    rows.append({**values, **report.sampling_row(stats),
-                 "label": report.method_label(method, stats.draft_len)})
+  rows = report.method_rows(results)
   title = (f"Story infilling ({settings['dataset']}/{settings['split']}): middle sentence of "
            f"{settings['num_sentences']}, oracle length, ROUGE F1 x 100, "
            f"T={settings['temperature']:g}")
