@@ -33,6 +33,18 @@ def tiny_model(seed: int = 1, **overrides):
   return cfg, init_params(cfg, jax.random.key(seed))
 
 
+def ragged_batch(batch: int, seed: int = 0):
+  """`batch` rows with random tokens and orders and prompt lengths 0..LENGTH-1 (ragged).
+
+  Returns (tokens int32 [B, N], ranks int32 [B, N], num_prompt int32 [B]).
+  """
+  rs = np.random.RandomState(seed)
+  tokens = rs.randint(0, SAMPLABLE, size=(batch, LENGTH)).astype(np.int32)
+  ranks = np.stack([rs.permutation(LENGTH) for _ in range(batch)]).astype(np.int32)
+  num_prompt = (np.arange(batch) % LENGTH).astype(np.int32)
+  return tokens, ranks, num_prompt
+
+
 def context_free(params):
   """The same model with every attention output projection zeroed: each query row's law is then the
   same at every position and in every context, so drafts equal verifications."""

@@ -21,12 +21,8 @@ def model():
 
 @pytest.fixture(scope="module")
 def ragged():
-  """BATCH rows with random orders and prompt lengths 0..5 (ragged): tokens, ranks, num_prompt."""
-  rs = np.random.RandomState(0)
-  tokens = rs.randint(0, lib.SAMPLABLE, size=(BATCH, lib.LENGTH)).astype(np.int32)
-  ranks = np.stack([rs.permutation(lib.LENGTH) for _ in range(BATCH)]).astype(np.int32)
-  num_prompt = (np.arange(BATCH) % lib.LENGTH).astype(np.int32)
-  return tokens, ranks, num_prompt
+  """BATCH ragged rows (see lib.ragged_batch)."""
+  return lib.ragged_batch(BATCH)
 
 
 def _generated(num_prompt, length=lib.LENGTH):
