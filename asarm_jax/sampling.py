@@ -456,9 +456,15 @@ def _row_keys(rng, batch: int) -> jax.Array:
   """Typed keys [B]: `rng` split into one per row, or `rng` itself if it already holds B keys."""
   rng = jnp.asarray(rng) if not isinstance(rng, jax.Array) else rng
   if not jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
-    if rng.dtype != jnp.uint32 or rng.ndim not in (1, 2):
-      raise ValueError("rng must be a PRNG key (jax.random.key / PRNGKey) or B of them; got "
-                       f"an array of dtype {rng.dtype} and shape {rng.shape}")
+    # The raw key data of the default PRNG implementation: (2,) for threefry.
+    key_shape = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))).shape
+    if (rng.dtype != jnp.uint32 or rng.ndim > len(key_shape) + 1
+        or rng.shape[rng.ndim - len(key_shape):] != key_shape):
+      raise ValueError(
+          f"rng must be a PRNG key: a typed key (jax.random.key(seed)), raw uint32 key data of "
+          f"shape {key_shape} (jax.random.PRNGKey(seed)), or one per row (B typed keys, or raw "
+          f"key data of shape (B, {', '.join(map(str, key_shape))})); got an array of dtype "
+          f"{rng.dtype} and shape {rng.shape}")
     rng = jax.random.wrap_key_data(rng)
   if rng.shape == ():
     return jax.random.split(rng, batch)

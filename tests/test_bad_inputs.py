@@ -221,9 +221,10 @@ LIBRARY_ROWS = [
     Row("sample/rng_int", lambda e: _sample(e, rng=0), ValueError,
         r"rng must be a PRNG key"),
     Row("sample/rng_raw_bad_shape", lambda e: _sample(e, rng=np.zeros(5, np.uint32)), ValueError,
-        r"rng must be", xfail="sampling owner (sampling._row_keys): raw uint32 key data of shape "
-        "(5,) reaches jax.random.wrap_key_data and raises JAX's TypeError ('invalid PRNG key "
-        "data'), which does not name rng"),
+        r"rng must be a PRNG key: a typed key \(jax\.random\.key\(seed\)\), raw uint32 key data "
+        r"of shape \(2,\) .* \(B, 2\)\); got an array of dtype uint32 and shape \(5,\)"),
+    Row("sample/rng_raw_rows_bad_shape", lambda e: _sample(e, rng=np.zeros((2, 5), np.uint32)),
+        ValueError, r"rng must be a PRNG key: .*got an array of dtype uint32 and shape \(2, 5\)"),
     # infilling.infill / sample_command.
     Row("infill/unclosed_mask", lambda e: _infill(e, "x = [MASK"), ValueError,
         r"unclosed mask span .*spans are \[MASK\] or \[MASK\*n\]"),
