@@ -12,6 +12,7 @@ CORE = [
     "ml-collections==1.1.0",
     "grain==0.2.18",
     "clu==0.0.12",
+    "tensorboard==2.21.0",
     "sentencepiece==0.2.3",
     "numpy>=2.0,<3",
     "absl-py>=2.1",

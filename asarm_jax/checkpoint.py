@@ -9,6 +9,7 @@ Layout of a workdir:
     train/          {'step', 'rng', 'opt_state'}
     data/           the grain iterator state, one JSON file per process
   metrics.jsonl     one JSON object per logged step (written by train_lib)
+  tensorboard/      the same scalars as TensorBoard event files (`tensorboard --logdir`)
 
 `load_for_inference(workdir)` needs nothing but this directory.
 """

@@ -1,4 +1,4 @@
-"""Training metrics: writers (JSONL + TensorBoard when available), FLOPs and MFU, unigram entropy."""
+"""Training metrics: writers (JSONL, log, TensorBoard), FLOPs and MFU, unigram entropy."""
 from __future__ import annotations
 
 import json
@@ -13,16 +13,17 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from asarm_jax import tensorboard_writer
 from asarm_jax.model import ModelConfig
 
 METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
 
 
 class MetricWriter:
-  """Writes scalars to `workdir/metrics.jsonl`, the log, and TensorBoard when clu can.
+  """Writes scalars to `workdir/metrics.jsonl`, the log, and TensorBoard (`workdir/tensorboard`).
 
-  clu's metric writers import TensorFlow; without it the TensorBoard writer is skipped (logged once)
-  and JSONL + logging remain. Only process 0 writes.
+  Only process 0 writes: with `enabled=False` every method does nothing.
   """
 
   def __init__(self, workdir: str | epath.PathLike, *, enabled: bool = True):
@@ -34,28 +35,25 @@ class MetricWriter:
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     self._file = (workdir / METRICS_FILE).open("a")
-    try:
-      from clu import metric_writers  # pylint: disable=g-import-not-at-top
-      self._tensorboard = metric_writers.SummaryWriter(str(workdir / "tensorboard"))
-    except ImportError as e:  # clu.metric_writers needs tensorflow
-      logging.info("TensorBoard summaries disabled (%s); metrics go to %s and the log.", e,
-                   workdir / METRICS_FILE)
+    self._tensorboard = tensorboard_writer.ScalarWriter(workdir / TENSORBOARD_DIR)
 
   @property
   def has_tensorboard(self) -> bool:
+    """Whether an event file is open (process 0, before `close`)."""
     return self._tensorboard is not None
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    """Appends `scalars` (name -> number) at `step` to the JSONL file, the log and TensorBoard."""
     if not self._enabled:
       return
     values = {k: float(v) for k, v in scalars.items()}
     self._file.write(json.dumps({"step": int(step), "time": time.time(), **values}) + "\n")
     self._file.flush()
     logging.info("[%d] %s", step, ", ".join(f"{k}={v:.5g}" for k, v in values.items()))
-    if self._tensorboard is not None:
-      self._tensorboard.write_scalars(step, values)
+    self._tensorboard.write_scalars(step, values)
 
   def close(self):
+    """Closes the JSONL and event files; safe to call twice."""
     if self._file is not None:
       self._file.close()
       self._file = None

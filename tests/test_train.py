@@ -1,4 +1,5 @@
-"""train_and_evaluate end to end on a few stdlib files, and config errors raised before any work."""
+"""train_and_evaluate end to end on a few stdlib files, its metric files (JSONL, TensorBoard), and
+config errors raised before any work."""
 import importlib.util
 import os
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 from absl import flags
 from ml_collections import config_flags
+from tensorboard.backend.event_processing import event_accumulator
 
 import train_helpers
 from asarm_jax import checkpoint
@@ -18,14 +20,55 @@ from asarm_jax import train_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _tensorboard_scalars(workdir):
+  """{tag: [(step, value)]} of every event file in `workdir/tensorboard`, read by TensorBoard."""
+  accumulator = event_accumulator.EventAccumulator(
+      os.path.join(workdir, metrics.TENSORBOARD_DIR),
+      size_guidance={event_accumulator.SCALARS: 0})  # 0: keep every event
+  accumulator.Reload()
+  return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)]
+          for tag in accumulator.Tags()["scalars"]}
+
+
+def test_metric_writer_tensorboard_events_read_back_exactly(tmp_path):
+  written = {1: {"train/loss": 5.25, "train/lr": 1e-3},
+             2: {"train/loss": 1 / 3, "train/lr": 2e-3, "eval/loss": -0.1},
+             7: {"train/loss": 12345.678, "train/lr": 3e-7}}
+  writer = metrics.MetricWriter(tmp_path)
+  assert writer.has_tensorboard
+  for step, scalars in written.items():
+    writer.write_scalars(step, {k: np.float64(v) for k, v in scalars.items()})
+  writer.close()
+  assert not writer.has_tensorboard
+  names = os.listdir(tmp_path / metrics.TENSORBOARD_DIR)
+  assert len(names) == 1 and names[0].startswith("events.out.tfevents."), names
+  expected = {}
+  for step, scalars in written.items():
+    for tag, value in scalars.items():
+      expected.setdefault(tag, []).append((step, float(np.float32(value))))
+  assert _tensorboard_scalars(tmp_path) == expected
+  assert [r["step"] for r in metrics.read_metrics(tmp_path)] == list(written)
+
+
+def test_disabled_metric_writer_writes_nothing(tmp_path):
+  writer = metrics.MetricWriter(tmp_path / "run", enabled=False)
+  writer.write_scalars(1, {"train/loss": 1.0})
+  writer.close()
+  assert not writer.has_tensorboard and not (tmp_path / "run").exists()
+
+
 def test_train_and_evaluate_end_to_end(tmp_path):
   workdir = str(tmp_path / "run")
   config = train_helpers.tiny_config(num_train_steps=4, log_every_steps=2, eval_every_steps=2,
                                      measure_peak_flops=True)
   summary = train_lib.train_and_evaluate(config, workdir)
   assert sorted(os.listdir(workdir)) == ["checkpoints", "metrics.jsonl", "run.json",
-                                         "tokenizer.model"]
+                                         "tensorboard", "tokenizer.model"]
   records = metrics.read_metrics(workdir)
+  scalars = _tensorboard_scalars(workdir)
+  for tag in ("train/loss", "eval/loss", "train/learning_rate"):
+    logged = [(r["step"], float(np.float32(r[tag]))) for r in records if tag in r]
+    assert scalars[tag] == logged and logged, tag
   train = [r for r in records if "train/loss" in r]
   evals = [r for r in records if "eval/loss" in r]
   assert [r["step"] for r in train] == [2, 4]
