@@ -1,4 +1,5 @@
-"""Checkpoints: resuming equals never stopping; run directories load for inference on their own."""
+"""Checkpoints: resuming equals never stopping, on the same mesh or another; run directories load
+for inference on their own."""
 import json
 import os
 
@@ -116,3 +117,34 @@ def test_init_from_a_different_architecture_fails_before_work(straight_run, tmp_
   config = _config(1, init_from=str(tmp_path))
   with pytest.raises(FileNotFoundError, match="not a training run directory"):
     train_lib.train_and_evaluate(config, str(tmp_path / "never"))
+
+
+# Meshes of the restore tests: the 8 simulated devices sharded three ways, and one device.
+MESHES = {8: (2, 2, 2), 1: (1, 1, 1)}
+
+
+@pytest.fixture(scope="module")
+def trainers():
+  """{number of devices: a Trainer on MESHES[number] over the first that many devices}."""
+  return {n: train_helpers.make_trainer(shape, jax.devices()[:n]) for n, shape in MESHES.items()}
+
+
+@pytest.mark.parametrize("source, target", [(8, 1), (1, 8)])
+def test_a_checkpoint_continues_on_another_mesh_as_on_its_own(trainers, tmp_path, source, target):
+  saved, _ = train_helpers.train_steps(trainers[source], trainers[source].init(0), range(2))
+  writer = checkpoint.Checkpointer(tmp_path, async_save=False)
+  writer.save(2, saved, force=True)
+  writer.close()
+  reader = checkpoint.Checkpointer(tmp_path, read_only=True)
+  own, other = (reader.restore(trainers[n].abstract_state()) for n in (source, target))
+  reader.close()
+  for leaf, want, sharding in zip(jax.tree.leaves(other), jax.tree.leaves(saved),
+                                  jax.tree.leaves(trainers[target].state_shardings)):
+    assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim)  # laid out for the target mesh
+    np.testing.assert_array_equal(leaf, want)  # and read back exactly
+  own, own_losses = train_helpers.train_steps(trainers[source], own, range(2, 5))
+  other, other_losses = train_helpers.train_steps(trainers[target], other, range(2, 5))
+  assert int(other.step) == 5
+  np.testing.assert_allclose(other_losses, own_losses, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(other.params), jax.tree.leaves(own.params)):
+    np.testing.assert_allclose(a, b, atol=1e-6)  # sharded and unsharded reductions round apart

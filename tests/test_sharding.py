@@ -11,20 +11,8 @@ from asarm_jax import train_lib
 from asarm_jax.model import param_logical_axes
 
 
-def _trainer(mesh_shape, devices, **overrides):
-  run = run_config.parse(train_helpers.tiny_config(mesh_shape=mesh_shape, **overrides))
-  model_cfg = run.model_config(train_helpers.VOCAB, train_helpers.MASK_ID)
-  return train_lib.Trainer(run, model_cfg, sharding.make_mesh(mesh_shape, devices))
-
-
 def _steps(trainer, num_steps=2):
-  state = trainer.init(0)
-  losses = []
-  for step in range(num_steps):
-    local = train_helpers.synthetic_batch(8, 16, seed=step, padded_rows=2)
-    batch = trainer.global_batch(local, 8)
-    state, metrics = trainer.train_step(state, batch, trainer.step_key(state, step))
-    losses.append(float(metrics.compute()["loss"]))
+  state, losses = train_helpers.train_steps(trainer, trainer.init(0), range(num_steps))
   return losses, jax.device_get(state.params)
 
 
@@ -56,7 +44,7 @@ def test_parameter_shardings_follow_the_rules_and_fall_back_when_uneven():
 
 def test_batch_must_divide_over_data_and_fsdp():
   with pytest.raises(ValueError, match="not divisible by the mesh's data x fsdp"):
-    _trainer((2, 3, 1), jax.devices()[:6])
+    train_helpers.make_trainer((2, 3, 1), jax.devices()[:6])
 
 
 def test_process_data_shard_single_process():
@@ -66,12 +54,12 @@ def test_process_data_shard_single_process():
 
 @pytest.fixture(scope="module")
 def single_device_run():
-  return _steps(_trainer((1, 1, 1), jax.devices()[:1]))
+  return _steps(train_helpers.make_trainer((1, 1, 1), jax.devices()[:1]))
 
 
 def test_sharded_step_equals_single_device_step(single_device_run):
   single_losses, single_params = single_device_run
-  sharded = _trainer((2, 2, 2), jax.devices()[:8])
+  sharded = train_helpers.make_trainer((2, 2, 2), jax.devices()[:8])
   assert sharded.state_shardings.params["embedding"].spec == P("tensor", "fsdp")
   sharded_losses, sharded_params = _steps(sharded)
   np.testing.assert_allclose(sharded_losses, single_losses, rtol=1e-5, atol=1e-5)
@@ -81,8 +69,8 @@ def test_sharded_step_equals_single_device_step(single_device_run):
 
 def test_gradient_accumulation_equals_one_big_batch(single_device_run):
   plain_losses, plain_params = single_device_run
-  accum_losses, accum_params = _steps(_trainer((1, 1, 1), jax.devices()[:1],
-                                               grad_accum_steps=2))
+  accum = train_helpers.make_trainer((1, 1, 1), jax.devices()[:1], grad_accum_steps=2)
+  accum_losses, accum_params = _steps(accum)
   np.testing.assert_allclose(accum_losses, plain_losses, rtol=1e-5, atol=1e-5)
   for a, b in zip(jax.tree.leaves(accum_params), jax.tree.leaves(plain_params)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

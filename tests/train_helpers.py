@@ -1,4 +1,4 @@
-"""Shared helpers of the training tests: tiny configs and synthetic batches."""
+"""Shared helpers of the training tests: tiny configs, synthetic batches, trainers on any mesh."""
 import os
 import sys
 
@@ -8,6 +8,10 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(_ROOT, "configs"))
 
 import default  # noqa: E402  (configs/default.py)
+
+from asarm_jax import run_config  # noqa: E402
+from asarm_jax import sharding  # noqa: E402
+from asarm_jax import train_lib  # noqa: E402
 
 VOCAB = 64
 MASK_ID = 3
@@ -47,3 +51,25 @@ def synthetic_batch(batch_size, seq_len, seed=0, vocab=VOCAB, padded_rows=1):
   lengths[:padded_rows] = rng.integers(1, seq_len, padded_rows)
   valid = np.arange(seq_len)[None, :] < lengths[:, None]
   return {"tokens": np.where(valid, tokens, 0).astype(np.int32), "valid": valid}
+
+
+def make_trainer(mesh_shape, devices, **overrides):
+  """A Trainer of `tiny_config(**overrides)` (VOCAB tokens) on a `mesh_shape` mesh of `devices`."""
+  run = run_config.parse(tiny_config(mesh_shape=mesh_shape, **overrides))
+  model_cfg = run.model_config(VOCAB, MASK_ID)
+  return train_lib.Trainer(run, model_cfg, sharding.make_mesh(mesh_shape, devices))
+
+
+def train_steps(trainer, state, steps):
+  """Trains `state` on the synthetic batches of `steps` (seed = step, 2 padded rows of 8).
+
+  Returns:
+    (the new state, the loss of each step). `state` is donated: do not use it afterwards.
+  """
+  losses = []
+  for step in steps:
+    local = synthetic_batch(8, 16, seed=step, padded_rows=2)
+    state, metrics = trainer.train_step(state, trainer.global_batch(local, 8),
+                                        trainer.step_key(state, step))
+    losses.append(float(metrics.compute()["loss"]))
+  return state, losses
