@@ -1,7 +1,9 @@
 """One process of the two-process jax.distributed test (run by test_multiprocess.py).
 
 Usage: python multiprocess_worker.py PROCESS_ID PORT WORKDIR OUT_JSON
-Each process has 2 CPU devices; the mesh (data=2, fsdp=1, tensor=2) spans both processes.
+Each process has 2 CPU devices; the mesh (data=2, fsdp=1, tensor=2) spans both processes. Writes
+OUT_JSON (losses, data shard, eval loss), OUT_JSON.npz (the gathered params of the synthetic run),
+OUT_JSON.state/ (that run's state as an orbax checkpoint) and a full training run in WORKDIR.
 """
 import json
 import sys
@@ -22,24 +24,20 @@ def main():
   from jax.experimental import multihost_utils
 
   import train_helpers
-  from asarm_jax import run_config
+  from asarm_jax import checkpoint
   from asarm_jax import sharding
   from asarm_jax import train_lib
 
   assert jax.process_count() == 2 and jax.device_count() == 4, jax.devices()
-  run = run_config.parse(train_helpers.tiny_config(mesh_shape=MESH_SHAPE))
-  model_cfg = run.model_config(train_helpers.VOCAB, train_helpers.MASK_ID)
-  trainer = train_lib.Trainer(run, model_cfg)
+  trainer = train_helpers.make_trainer(MESH_SHAPE, jax.devices())
   shard, count, local = sharding.process_data_shard(trainer.mesh, 8)
-  state = trainer.init(0)
-  losses = []
-  for step in range(NUM_STEPS):
-    batch = train_helpers.synthetic_batch(8, 16, seed=step, padded_rows=2)
-    rows = {k: v[shard * local:(shard + 1) * local] for k, v in batch.items()}
-    state, metrics = trainer.train_step(state, trainer.global_batch(rows, 8),
-                                        trainer.step_key(state, step))
-    losses.append(float(metrics.compute()["loss"]))
+  state, losses = train_helpers.train_steps(trainer, trainer.init(0), range(NUM_STEPS),
+                                            rows=slice(shard * local, (shard + 1) * local))
   params = multihost_utils.process_allgather(state.params, tiled=True)
+  # The state as both processes hold it, for the test to restore in one process.
+  saver = checkpoint.Checkpointer(out + ".state", async_save=False)
+  saver.save(NUM_STEPS, state, force=True)
+  saver.close()
 
   # The full pipeline: tokenizer on process 0, sharded data, multi-process orbax checkpoints.
   config = train_helpers.tiny_config(mesh_shape=MESH_SHAPE, num_train_steps=2,

@@ -1,4 +1,5 @@
-"""Two jax.distributed processes on 127.0.0.1 train exactly like one process."""
+"""Two jax.distributed processes on 127.0.0.1 train exactly like one process, and what they
+checkpoint restores in one process."""
 import json
 import os
 import subprocess
@@ -11,29 +12,15 @@ import pytest
 
 import train_helpers
 from asarm_jax import checkpoint
-from asarm_jax import run_config
-from asarm_jax import sharding
-from asarm_jax import train_lib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def _single_process_reference(num_steps):
-  run = run_config.parse(train_helpers.tiny_config(mesh_shape=(1, 1, 1)))
-  model_cfg = run.model_config(train_helpers.VOCAB, train_helpers.MASK_ID)
-  trainer = train_lib.Trainer(run, model_cfg, sharding.make_mesh((1, 1, 1), jax.devices()[:1]))
-  state = trainer.init(0)
-  losses = []
-  for step in range(num_steps):
-    batch = trainer.global_batch(train_helpers.synthetic_batch(8, 16, seed=step, padded_rows=2), 8)
-    state, metrics = trainer.train_step(state, batch, trainer.step_key(state, step))
-    losses.append(float(metrics.compute()["loss"]))
-  return losses, jax.device_get(state.params)
-
-
-@pytest.mark.slow  # about a minute: two processes compile on two cores
-def test_two_processes_train_like_one(tmp_path):
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+  """Runs the two workers; returns (their result JSON, its path, the full run's workdir)."""
+  tmp_path = tmp_path_factory.mktemp("two_processes")
   port = portpicker.pick_unused_port()
   workdir, out = str(tmp_path / "run"), str(tmp_path / "result.json")
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
@@ -52,12 +39,23 @@ def test_two_processes_train_like_one(tmp_path):
         worker.kill()
   for worker, output in zip(workers, outputs):
     assert worker.returncode == 0, output[-5000:]
-  result = json.load(open(out))
+  return json.load(open(out)), out, workdir
+
+
+@pytest.fixture(scope="module")
+def one_device():
+  return train_helpers.make_trainer((1, 1, 1), jax.devices()[:1])
+
+
+@pytest.mark.slow  # about a minute: two processes compile on two cores
+def test_two_processes_train_like_one(two_process_run, one_device):
+  result, out, workdir = two_process_run
   assert result["shard"] == [0, 2, 4]  # process 0 feeds rows 0..3 of each global batch of 8
-  losses, params = _single_process_reference(len(result["losses"]))
+  state, losses = train_helpers.train_steps(one_device, one_device.init(0),
+                                            range(len(result["losses"])))
   np.testing.assert_allclose(result["losses"], losses, rtol=1e-5, atol=1e-5)
   gathered = np.load(out + ".npz")
-  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state.params):
     np.testing.assert_allclose(gathered[jax.tree_util.keystr(path)], leaf, rtol=1e-5, atol=1e-5)
   # The full two-process run left a loadable run directory with one data state per process.
   step_dir = os.path.join(workdir, "checkpoints", "2", "data")
@@ -65,3 +63,22 @@ def test_two_processes_train_like_one(tmp_path):
   model_cfg, _, tokenizer = checkpoint.load_for_inference(workdir)
   assert model_cfg.vocab_size == tokenizer.vocab_size
   assert np.isfinite(result["eval_loss"])
+
+
+@pytest.mark.slow  # the two-process run of the fixture
+def test_their_checkpoint_restores_and_continues_in_one_process(two_process_run, one_device):
+  result, out, _ = two_process_run
+  num_steps = len(result["losses"])
+  reader = checkpoint.Checkpointer(out + ".state", read_only=True)
+  restored = reader.restore(one_device.abstract_state())  # saved from a mesh over 2 processes
+  reader.close()
+  assert int(restored.step) == num_steps
+  gathered = np.load(out + ".npz")
+  for path, leaf in jax.tree_util.tree_leaves_with_path(restored.params):
+    np.testing.assert_array_equal(leaf, gathered[jax.tree_util.keystr(path)])
+  # Its next step (optimizer state included) is the single-process run's next step.
+  state, _ = train_helpers.train_steps(one_device, one_device.init(0), range(num_steps + 1))
+  np.testing.assert_array_equal(restored.rng, state.rng)
+  restored, _ = train_helpers.train_steps(one_device, restored, [num_steps])
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -60,15 +60,22 @@ def make_trainer(mesh_shape, devices, **overrides):
   return train_lib.Trainer(run, model_cfg, sharding.make_mesh(mesh_shape, devices))
 
 
-def train_steps(trainer, state, steps):
-  """Trains `state` on the synthetic batches of `steps` (seed = step, 2 padded rows of 8).
+def train_steps(trainer, state, steps, rows=slice(None)):
+  """Trains `state` on the synthetic global batches of `steps` (seed = step, 2 padded rows of 8).
+
+  Args:
+    trainer: a Trainer (see `make_trainer`).
+    state: its TrainState; donated: do not use it afterwards.
+    steps: the step numbers (each picks its batch and its PRNG key).
+    rows: the rows of each global batch that this process feeds (see
+      `sharding.process_data_shard`); all of them in a single process.
 
   Returns:
-    (the new state, the loss of each step). `state` is donated: do not use it afterwards.
+    (the new state, the loss of each step).
   """
   losses = []
   for step in steps:
-    local = synthetic_batch(8, 16, seed=step, padded_rows=2)
+    local = {k: v[rows] for k, v in synthetic_batch(8, 16, seed=step, padded_rows=2).items()}
     state, metrics = trainer.train_step(state, trainer.global_batch(local, 8),
                                         trainer.step_key(state, step))
     losses.append(float(metrics.compute()["loss"]))
