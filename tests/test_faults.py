@@ -1,4 +1,4 @@
-"""Faults during training: non-finite steps, SIGTERM, corrupt and half-written checkpoints.
+"""Faults during training: non-finite steps, SIGTERM, SIGKILL, corrupt and half-written checkpoints.
 
 Each test injects one fault and checks that the run neither writes nor trusts a bad state, and that
 a restarted run ends exactly where an uninterrupted one does.
@@ -29,6 +29,11 @@ _TESTS = os.path.join(_ROOT, "tests")
 LONG_STEPS = 200
 LONG = dict(num_train_steps=LONG_STEPS, checkpoint_every_steps=20, keep_checkpoints=2,
             num_eval_batches=0)
+# The SIGKILL runs: a checkpoint every step, so the kill often lands during an (async) save.
+KILL_STEPS = 20
+KILL = dict(num_train_steps=KILL_STEPS, checkpoint_every_steps=1, keep_checkpoints=2,
+            num_eval_batches=0)
+KILL_SEED = 20240607  # picks the step after which the run is killed
 # The in-process runs: checkpoints at 2, 4, 6.
 SHORT_STEPS = 6
 SHORT = dict(num_train_steps=SHORT_STEPS, checkpoint_every_steps=2, keep_checkpoints=3,
@@ -123,7 +128,7 @@ def test_unknown_nonfinite_policy_is_refused():
     run_config.parse(train_helpers.tiny_config(nonfinite_policy="ignore"))
 
 
-# --- 2. SIGTERM of train.py -------------------------------------------------
+# --- 2. SIGTERM and SIGKILL of train.py ---------------------------------------------------------
 
 
 def _write_config(path, overrides):
@@ -136,27 +141,38 @@ def _write_config(path, overrides):
   return str(path)
 
 
-def _start_train(tmp_path, workdir):
-  config = _write_config(tmp_path / "tiny_config.py", LONG)
+def _train_command(tmp_path, workdir, overrides):
+  """The train.py command line of `tiny_config(**overrides)` (its config file in `tmp_path`)."""
+  config = _write_config(tmp_path / "tiny_config.py", overrides)
+  return [sys.executable, os.path.join(_ROOT, "train.py"), "--config", config,
+          "--workdir", workdir]
+
+
+def _start_train(tmp_path, command):
+  """Starts `command`; its output is appended to tmp_path/train.log."""
   env = dict(os.environ, JAX_DEFAULT_MATMUL_PRECISION="highest")  # as tests/conftest.py sets
-  log = open(tmp_path / "train.log", "wb")  # not a pipe: a full pipe would block the child
-  return subprocess.Popen([sys.executable, os.path.join(_ROOT, "train.py"), "--config", config,
-                           "--workdir", workdir], cwd=_ROOT, env=env, stdout=log,
-                          stderr=subprocess.STDOUT)
+  with open(tmp_path / "train.log", "ab") as log:  # not a pipe: a full pipe would block the child
+    return subprocess.Popen(command, cwd=_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def _log_tail(process):
-  process.stdout.flush()
-  with open(process.args[process.args.index("--config") + 1].replace(
-      "tiny_config.py", "train.log"), "rb") as f:
+def _run_train(tmp_path, command):
+  """Runs `command` to the end; it must succeed."""
+  process = _start_train(tmp_path, command)
+  process.wait(timeout=300)
+  assert process.returncode == 0, _log_tail(tmp_path)
+
+
+def _log_tail(tmp_path):
+  with open(tmp_path / "train.log", "rb") as f:
     return f.read().decode(errors="replace")[-3000:]
 
 
-def _wait_for_step(process, workdir, step, timeout=240):
+def _wait_for_step(process, workdir, step, tmp_path, timeout=240):
+  """Polls metrics.jsonl until `process` has logged `step` (it must keep running meanwhile)."""
   path = os.path.join(workdir, metrics.METRICS_FILE)
   deadline = time.monotonic() + timeout
   while time.monotonic() < deadline:
-    assert process.poll() is None, _log_tail(process)
+    assert process.poll() is None, _log_tail(tmp_path)
     if os.path.exists(path) and any(s >= step for s in _losses(workdir)):
       return
     time.sleep(0.005)
@@ -174,11 +190,11 @@ def long_run(tmp_path_factory):
 @pytest.mark.slow  # about 100 s on 2 cores with the uninterrupted run
 def test_sigterm_checkpoints_the_step_reached_and_resumes_exactly(long_run, tmp_path):
   workdir = str(tmp_path / "run")
-  process = _start_train(tmp_path, workdir)
-  _wait_for_step(process, workdir, 2)
+  process = _start_train(tmp_path, _train_command(tmp_path, workdir, LONG))
+  _wait_for_step(process, workdir, 2, tmp_path)
   process.send_signal(signal.SIGTERM)
   process.wait(timeout=120)
-  assert process.returncode == 0, _log_tail(process)
+  assert process.returncode == 0, _log_tail(tmp_path)
   reached = max(_losses(workdir))
   assert reached < LONG_STEPS, "the run ended before the signal: make it longer"
   assert _step_dirs(workdir)[-1] == reached  # the final checkpoint is the step reached
@@ -187,6 +203,30 @@ def test_sigterm_checkpoints_the_step_reached_and_resumes_exactly(long_run, tmp_
   train_lib.train_and_evaluate(train_helpers.tiny_config(**LONG), workdir)  # the same command
   assert _losses(workdir) == _losses(long_run)  # bitwise, every step
   _assert_same_params(workdir, long_run)
+
+
+def test_sigkill_at_a_random_step_then_the_same_command_ends_as_an_uninterrupted_run(tmp_path):
+  kill_step = int(np.random.default_rng(KILL_SEED).integers(1, KILL_STEPS // 2))
+  straight, workdir = str(tmp_path / "straight"), str(tmp_path / "run")
+  _run_train(tmp_path, _train_command(tmp_path, straight, KILL))
+  command = _train_command(tmp_path, workdir, KILL)
+  process = _start_train(tmp_path, command)
+  try:
+    _wait_for_step(process, workdir, kill_step, tmp_path)
+  finally:
+    process.send_signal(signal.SIGKILL)  # no handler, no final checkpoint: gone mid-step or -save
+    process.wait(timeout=60)
+  assert process.returncode == -signal.SIGKILL
+  reached = max(_losses(workdir))
+  assert reached < KILL_STEPS, "the run ended before the kill: make it longer"
+  complete = _step_dirs(workdir)  # a save in flight is only a temporary directory
+
+  _run_train(tmp_path, command)  # the same command, as a scheduler restarts it
+  resumed = complete[-1] if complete else 0  # the newest complete checkpoint
+  logged = [r["step"] for r in metrics.read_metrics(workdir) if "train/loss" in r]
+  assert logged == list(range(1, reached + 1)) + list(range(resumed + 1, KILL_STEPS + 1))
+  assert _losses(workdir) == _losses(straight)  # bitwise, every step
+  _assert_same_params(workdir, straight)
 
 
 # --- 3. Corrupt and half-written checkpoints -----------------------------------------------------
