@@ -2,6 +2,7 @@
 for inference on their own."""
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -49,6 +50,24 @@ def test_resume_gives_the_same_losses_and_params_as_never_stopping(straight_run,
   _, straight_params, _ = checkpoint.load_for_inference(straight_run)
   for a, b in zip(jax.tree.leaves(resumed_params), jax.tree.leaves(straight_params)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_run_resumes_under_another_mesh_shape(straight_run, tmp_path):
+  # mesh_shape is not part of the run's identity: changing parallelism between restarts is allowed.
+  continued = {}
+  for mesh_shape in [(-1, 1, 1), (2, 2, 2)]:  # the straight run's (data=8), then sharded params
+    workdir = str(tmp_path / "x".join(map(str, mesh_shape)))
+    shutil.copytree(straight_run, workdir)
+    train_lib.train_and_evaluate(_config(STEPS + 2, mesh_shape=mesh_shape), workdir)
+    continued[mesh_shape] = workdir
+  same, other = continued[(-1, 1, 1)], continued[(2, 2, 2)]
+  assert sorted(_train_losses(other)) == list(range(1, STEPS + 3))
+  np.testing.assert_allclose([_train_losses(other)[s] for s in (7, 8)],
+                             [_train_losses(same)[s] for s in (7, 8)], rtol=1e-6)
+  _, same_params, _ = checkpoint.load_for_inference(same)
+  _, other_params, _ = checkpoint.load_for_inference(other)
+  for a, b in zip(jax.tree.leaves(other_params), jax.tree.leaves(same_params)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 def test_keeps_the_last_k_checkpoints(straight_run):
