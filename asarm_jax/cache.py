@@ -25,20 +25,28 @@ from asarm_jax import masks as masks_lib
 
 @flax.struct.dataclass
 class KVCache:
-  """Per-layer content keys and values, indexed by position."""
-  keys: jax.Array    # [L, B, N, H, D]
-  values: jax.Array  # [L, B, N, H, D]
+  """Per-layer content keys and values, indexed by position, and the relative-position keys.
+
+  One array per layer (not one stacked array), so a forward writes its new rows into each layer's
+  buffer in place and reads it without slicing or copying.
+  """
+  keys: tuple[jax.Array, ...]    # L x [B, H, N, D]
+  values: tuple[jax.Array, ...]  # L x [B, H, N, D]
+  # L x [2N-1, H, D]: each layer's projected relative-position embeddings (they depend only on the
+  # parameters and N); None: the forward computes them.
+  relative_keys: tuple[jax.Array, ...] | None = None
 
   @classmethod
   def zeros(cls, n_layers: int, batch: int, length: int, n_heads: int, d_head: int,
             dtype=jnp.float32) -> "KVCache":
     """An empty cache for `batch` rows of `length` positions."""
-    shape = (n_layers, batch, length, n_heads, d_head)
-    return cls(keys=jnp.zeros(shape, dtype), values=jnp.zeros(shape, dtype))
+    shape = (batch, n_heads, length, d_head)
+    return cls(keys=tuple(jnp.zeros(shape, dtype) for _ in range(n_layers)),
+               values=tuple(jnp.zeros(shape, dtype) for _ in range(n_layers)))
 
   @property
   def length(self) -> int:
-    return self.keys.shape[2]
+    return self.keys[0].shape[2]
 
 
 def content_rows(by_rank: jax.Array, num_cached: jax.Array, horizon: jax.Array, num_rows: int,

@@ -131,6 +131,14 @@ def sinusoid(distances: jax.Array, d_model: int) -> jax.Array:
   return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
+def relative_table(length: int, d_model: int) -> jax.Array:
+  """Embeddings of every relative distance of N positions: float32 [2N-1, M].
+
+  Row t holds distance N - 1 - t (from N - 1 down to -(N - 1)).
+  """
+  return sinusoid(jnp.arange(length - 1, -length, -1), d_model)
+
+
 class RelativeAttention(nn.Module):
   """XLNet relative multi-head attention; one instance serves both streams of a layer."""
   cfg: ModelConfig
@@ -156,30 +164,35 @@ class RelativeAttention(nn.Module):
 
   def _project(self, x: jax.Array, weight: jax.Array) -> jax.Array:
     dt = self.cfg.compute_dtype
-    return jnp.einsum("bsm,mhd->bshd", x.astype(dt), weight.astype(dt))  # [B, S, H, D]
+    return jnp.einsum("bsm,mhd->bhsd", x.astype(dt), weight.astype(dt))  # [B, H, S, D]
 
   def keys_values(self, h: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Content keys and values of rows h [B, S, M]: two [B, S, H, D]."""
+    """Content keys and values of rows h [B, S, M]: two [B, H, S, D]."""
     return self._project(h, self.k), self._project(h, self.v)
 
-  def __call__(self, x: jax.Array, positions: jax.Array, keys: jax.Array, values: jax.Array,
-               mask: jax.Array, *, deterministic: bool) -> jax.Array:
-    """Attends rows x [B, R, M] at `positions` [B, R] over keys/values [B, N, H, D] under mask [B, R, N].
+  def relative_keys(self, table: jax.Array) -> jax.Array:
+    """The relative-position keys W_r R of `table` [2N-1, M] (see `relative_table`): [2N-1, H, D]."""
+    dt = self.cfg.compute_dtype
+    return jnp.einsum("tm,mhd->thd", table.astype(dt), self.r.astype(dt))
 
-    Returns the post-LN residual output [B, R, M].
+  def __call__(self, x: jax.Array, positions: jax.Array, keys: jax.Array, values: jax.Array,
+               mask: jax.Array, rel_keys: jax.Array, *, deterministic: bool) -> jax.Array:
+    """Attends rows x [B, R, M] at `positions` [B, R] over keys/values [B, H, N, D] under mask [B, R, N].
+
+    `rel_keys` [2N-1, H, D] are this layer's `relative_keys`. Returns the post-LN residual output
+    [B, R, M].
     """
     cfg = self.cfg
     dt = cfg.compute_dtype
-    length = keys.shape[1]
-    q = self._project(x, self.q)  # [B, R, H, D]
-    content_score = jnp.einsum("brhd,bnhd->bhrn", q + self.r_w_bias.astype(dt), keys,
+    length = keys.shape[2]
+    q = self._project(x, self.q)  # [B, H, R, D]
+    content_score = jnp.einsum("bhrd,bhnd->bhrn", q + self.r_w_bias.astype(dt)[:, None], keys,
                                preferred_element_type=jnp.float32)  # [B, H, R, N]
-    # Relative distance i - j for every row i and key j lies in [-(N - 1), N - 1].
-    table = sinusoid(jnp.arange(length - 1, -length, -1), cfg.d_model)  # [2N-1, M]
-    table = self.dropout(table, deterministic=deterministic)
-    rel_keys = jnp.einsum("tm,mhd->thd", table.astype(dt), self.r.astype(dt))  # [2N-1, H, D]
-    by_distance = jnp.einsum("brhd,thd->bhrt", q + self.r_r_bias.astype(dt), rel_keys,
-                             preferred_element_type=jnp.float32)  # [B, H, R, 2N-1]
+    # (q in [B, R, H, D] here: XLA's CPU backend rejects the bf16 x bf16 -> f32 dot it makes of the
+    # [B, H, R, D] form.)
+    by_distance = jnp.einsum("brhd,thd->bhrt",
+                             (q + self.r_r_bias.astype(dt)[:, None]).transpose(0, 2, 1, 3),
+                             rel_keys, preferred_element_type=jnp.float32)  # [B, H, R, 2N-1]
     # Column t of the table holds distance N - 1 - t, so distance i - j sits at t = N - 1 - i + j.
     column = (length - 1) - positions[:, :, None] + jnp.arange(length)[None, None, :]  # [B, R, N]
     column = jnp.clip(column, 0, 2 * length - 2)
@@ -189,8 +202,8 @@ class RelativeAttention(nn.Module):
     probs = jax.nn.softmax(scores, axis=-1)
     probs = jnp.where(jnp.any(mask, axis=-1)[:, None, :, None], probs, 0.0)  # empty rows -> 0
     probs = self.dropout(probs, deterministic=deterministic)
-    attended = jnp.einsum("bhrn,bnhd->brhd", probs.astype(dt), values)  # [B, R, H, D]
-    out = jnp.einsum("brhd,mhd->brm", attended, self.o.astype(dt))  # [B, R, M]
+    attended = jnp.einsum("bhrn,bhnd->bhrd", probs.astype(dt), values)  # [B, H, R, D]
+    out = jnp.einsum("bhrd,mhd->brm", attended, self.o.astype(dt))  # [B, R, M]
     out = self.dropout(out, deterministic=deterministic)
     return self.layer_norm(out + x.astype(dt))
 
@@ -225,32 +238,37 @@ class TwoStreamLayer(nn.Module):
     self.attention = RelativeAttention(self.cfg)
     self.ff = FeedForward(self.cfg)
 
+  def relative_keys(self, table: jax.Array) -> jax.Array:
+    return self.attention.relative_keys(table)
+
   def __call__(self, h, content_positions, content_mask, g, query_positions, query_mask,
-               layer_keys, layer_values, *, full: bool, deterministic: bool):
+               layer_keys, layer_values, rel_keys, *, full: bool, deterministic: bool):
     """Advances content rows h [B, S, M] and query rows g [B, Q, M] by one layer.
 
     Keys/values of the new content rows are written at `content_positions` (out-of-range positions are
     dropped); with `full=True` the rows are all N positions in order and replace the keys/values.
+    Both streams go through the shared weights as one block of S + Q rows (they attend over the same
+    keys, and everything else is row-wise).
 
-    Returns (h [B, S, M], g [B, Q, M], keys [B, N, H, D], values [B, N, H, D]).
+    Returns (h [B, S, M], g [B, Q, M], keys [B, H, N, D], values [B, H, N, D]).
     """
-    new_keys, new_values = self.attention.keys_values(h)  # [B, S, H, D]
+    new_keys, new_values = self.attention.keys_values(h)  # [B, H, S, D]
     if full:
       keys, values = new_keys, new_values
     else:
       rows = jnp.arange(h.shape[0])[:, None]
-      keys = layer_keys.at[rows, content_positions].set(new_keys.astype(layer_keys.dtype),
-                                                        mode="drop")
-      values = layer_values.at[rows, content_positions].set(new_values.astype(layer_values.dtype),
-                                                            mode="drop")
-    h = self.attention(h, content_positions, keys, values, content_mask,
-                       deterministic=deterministic)
-    g = self.attention(g, query_positions, keys, values, query_mask, deterministic=deterministic)
-    h = self.ff(h, deterministic=deterministic)
-    g = self.ff(g, deterministic=deterministic)
-    h = nn.with_logical_constraint(h, ("batch", "length", "embed"))
-    g = nn.with_logical_constraint(g, ("batch", "length", "embed"))
-    return h, g, keys, values
+      keys = layer_keys.at[rows, :, content_positions].set(
+          new_keys.transpose(0, 2, 1, 3).astype(layer_keys.dtype), mode="drop")
+      values = layer_values.at[rows, :, content_positions].set(
+          new_values.transpose(0, 2, 1, 3).astype(layer_values.dtype), mode="drop")
+    num_content = h.shape[1]
+    x = jnp.concatenate([h, g.astype(h.dtype)], axis=1)  # [B, S + Q, M]
+    positions = jnp.concatenate([content_positions, query_positions], axis=1)  # [B, S + Q]
+    mask = jnp.concatenate([content_mask, query_mask], axis=1)  # [B, S + Q, N]
+    x = self.attention(x, positions, keys, values, mask, rel_keys, deterministic=deterministic)
+    x = self.ff(x, deterministic=deterministic)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    return x[:, :num_content], x[:, num_content:], keys, values
 
 
 class ASARM(nn.Module):
@@ -313,7 +331,7 @@ class ASARM(nn.Module):
     that every key a row may attend to is either valid in the cache or among the new content rows.
 
     Args:
-      cache: KVCache with keys/values [L, B, N, H, D].
+      cache: a KVCache (`init_cache`, or `empty_cache` without precomputed relative keys).
       tokens: int32 [B, S], the tokens at `content_positions`.
       content_positions: int32 [B, S]; entries equal to N are padding (computed, never written).
       content_mask: bool [B, S, N], visibility of the new content rows.
@@ -331,27 +349,45 @@ class ASARM(nn.Module):
     if length > self.cfg.max_len:
       raise ValueError(f"sequence length {length} exceeds the model's max_len {self.cfg.max_len}")
 
+  def init_cache(self, batch: int, length: int) -> KVCache:
+    """An empty cache for `batch` rows of `length` positions, with the relative-position keys of
+    every layer precomputed (they depend only on the parameters and N, so a sampling loop that
+    reuses the cache never recomputes them)."""
+    self._check_length(length)
+    return empty_cache(self.cfg, batch, length).replace(
+        relative_keys=self._relative_keys(length, deterministic=True))
+
+  def _relative_keys(self, length: int, *, deterministic: bool) -> tuple[jax.Array, ...]:
+    """Every layer's relative-position keys [2N-1, H, D]; one dropout draw on the shared table."""
+    table = self.dropout(relative_table(length, self.cfg.d_model), deterministic=deterministic)
+    return tuple(layer.relative_keys(table) for layer in self.layers)
+
   def _run(self, tokens, content_positions, content_mask, query_positions, query_mask, *,
            cache: KVCache | None, deterministic: bool):
     cfg = self.cfg
     dt = cfg.compute_dtype
+    length = content_mask.shape[-1]
     h = jnp.take(self.embedding, tokens, axis=0).astype(dt)  # [B, S, M]
     g = jnp.broadcast_to(self.mask_emb.astype(dt), query_positions.shape + (cfg.d_model,))
     h = self.dropout(h, deterministic=deterministic)
     g = self.dropout(g, deterministic=deterministic)
+    if cache is not None and cache.relative_keys is not None:
+      rel_keys = cache.relative_keys
+    else:
+      rel_keys = self._relative_keys(length, deterministic=deterministic)
     keys, values = [], []
     for index, layer in enumerate(self.layers):
       layer_keys = None if cache is None else cache.keys[index]
       layer_values = None if cache is None else cache.values[index]
       h, g, k, v = layer(h, content_positions, content_mask, g, query_positions, query_mask,
-                         layer_keys, layer_values, full=cache is None,
+                         layer_keys, layer_values, rel_keys[index], full=cache is None,
                          deterministic=deterministic)
       keys.append(k)
       values.append(v)
     g = self.dropout(g, deterministic=deterministic)
     logits = jnp.einsum("bqm,vm->bqv", g.astype(jnp.float32), self.embedding.astype(jnp.float32))
     logits = logits + self.lm_bias.astype(jnp.float32)  # [B, Q, V]
-    new_cache = None if cache is None else KVCache(keys=jnp.stack(keys), values=jnp.stack(values))
+    new_cache = None if cache is None else cache.replace(keys=tuple(keys), values=tuple(values))
     return logits, new_cache
 
 

@@ -92,7 +92,7 @@ from asarm_jax import masks as masks_lib
 from asarm_jax import processors
 from asarm_jax import speculation
 from asarm_jax.cache import KVCache
-from asarm_jax.model import ASARM, ModelConfig, empty_cache
+from asarm_jax.model import ASARM, ModelConfig
 
 METHODS = ("assd", "assd_fused", "sequential")
 # Private test hooks: deliberately wrong rules, used to show that the exactness tests can fail.
@@ -119,7 +119,7 @@ class _LoopState:
   num_prompt: jax.Array    # int32 [B] (constant)
   num_valid: jax.Array     # int32 [B]: ranks >= num_valid are padding, never generated (constant)
   num_decided: jax.Array   # int32 [B]: ranks < num_decided are decided
-  cache: KVCache | None    # keys/values [L, B, N, H, D]; None without a cache
+  cache: KVCache | None    # L x keys/values [B, H, N, D]; None without a cache
   num_cached: jax.Array    # int32 [B]: ranks < num_cached have valid cache entries
   # ASSD: the latest drafts; sequential: the latest sample; fused: the pending proposals for ranks
   # num_decided + j, j < K. Always with the processed laws they were drawn from.
@@ -393,8 +393,8 @@ def _loop(params, state: _LoopState, step) -> _LoopState:
   return jax.lax.while_loop(lambda s: jnp.any(s.active), body, state)
 
 
-def _initial_state(cfg: ModelConfig, tokens, ranks, num_prompt, num_valid, keys, *, draft_len: int,
-                   use_cache: bool) -> _LoopState:
+def _initial_state(params, cfg: ModelConfig, tokens, ranks, num_prompt, num_valid, keys, *,
+                   draft_len: int, use_cache: bool) -> _LoopState:
   """The loop state before the first forward: only the prompt decided, an empty cache."""
   batch, length = tokens.shape
   is_prompt = ranks < num_prompt[:, None]  # [B, N]
@@ -406,7 +406,8 @@ def _initial_state(cfg: ModelConfig, tokens, ranks, num_prompt, num_valid, keys,
       num_prompt=num_prompt,
       num_valid=num_valid,
       num_decided=num_prompt,
-      cache=empty_cache(cfg, batch, length) if use_cache else None,
+      cache=(ASARM(cfg).apply({"params": params}, batch, length, method=ASARM.init_cache)
+             if use_cache else None),
       num_cached=zeros,
       draft_tokens=jnp.zeros((batch, draft_len), jnp.int32),
       draft_probs=jnp.zeros((batch, draft_len, cfg.vocab_size), jnp.float32),
@@ -426,8 +427,8 @@ def _sample_jit(params, tokens, ranks, num_prompt, num_valid, keys, *, cfg: Mode
 
   `prefill_rows` bounds the prompt lengths: the first forward's content rows (cached only).
   """
-  state = _initial_state(cfg, tokens, ranks, num_prompt, num_valid, keys, draft_len=draft_len,
-                         use_cache=use_cache)
+  state = _initial_state(params, cfg, tokens, ranks, num_prompt, num_valid, keys,
+                         draft_len=draft_len, use_cache=use_cache)
   common = dict(cfg=cfg, sampling=sampling)
   rounds = dict(common, max_len=draft_len, adaptive=adaptive, variant=variant)
   # Steady-state content rows per forward with a cache (see the module docstring).

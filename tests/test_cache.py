@@ -41,13 +41,13 @@ def _prefilled(cfg, params, tokens, ranks, num_prompt, upto):
   _, cache = ASARM(cfg).apply({"params": params}, empty_cache(cfg, BATCH, LENGTH),
                               jnp.take_along_axis(tokens, order, axis=1), positions, content,
                               order[:, :1], query, method=ASARM.extend)
-  stale = (ranks >= upto[:, None])[None, :, :, None, None]  # [1, B, N, 1, 1]
-  noise = 10.0 * jax.random.normal(jax.random.key(0), cache.keys.shape)
-  return cache_lib.KVCache(keys=jnp.where(stale, noise, cache.keys),
-                           values=jnp.where(stale, -noise, cache.values))
+  stale = (ranks >= upto[:, None])[:, None, :, None]  # [B, 1, N, 1]
+  noise = 10.0 * jax.random.normal(jax.random.key(0), cache.keys[0].shape)  # [B, H, N, D]
+  return cache_lib.KVCache(keys=tuple(jnp.where(stale, noise, k) for k in cache.keys),
+                           values=tuple(jnp.where(stale, -noise, v) for v in cache.values))
 
 
-def _random_state(cfg, seed):
+def _random_state(cfg, params, seed):
   """Per row: a random order and prompt length (0..3), n decided ranks, m in-flight drafts written
   in, and a cache valid below num_cached in {n - 1, n}, at least num_prompt (the prompt block is
   cached at once: its rows see each other)."""
@@ -59,7 +59,7 @@ def _random_state(cfg, seed):
   num_cached = np.maximum(n - rs.randint(0, 2, BATCH), num_prompt).astype(np.int32)
   tokens = rs.randint(0, lib.SAMPLABLE, (BATCH, LENGTH)).astype(np.int32)
   tokens = np.where(ranks < (n + m)[:, None], tokens, lib.MASK_ID)  # decided + drafts
-  state = sampling._initial_state(cfg, jnp.asarray(tokens), jnp.asarray(ranks),
+  state = sampling._initial_state(params, cfg, jnp.asarray(tokens), jnp.asarray(ranks),
                                   jnp.asarray(num_prompt), jnp.full((BATCH,), LENGTH, jnp.int32),
                                   jax.random.split(jax.random.key(seed), BATCH),
                                   draft_len=DRAFT, use_cache=True)
@@ -99,7 +99,7 @@ def _references(params, cfg, state, horizon, query_ranks):
 @pytest.mark.parametrize("kind", list(_passes(np.zeros(1, int), np.ones(1, int))))
 def test_cached_forward_matches_full_forward(model, seed, kind):
   cfg, params = model
-  state, m = _random_state(cfg, seed)
+  state, m = _random_state(cfg, params, seed)
   n = np.asarray(state.num_decided)
   horizon, query_ranks, num_content, num_cached = _passes(n, m)[kind]
   if num_cached is not None:
@@ -120,14 +120,15 @@ def test_cached_forward_matches_full_forward(model, seed, kind):
   exact = _prefilled(cfg, params, state.tokens, state.ranks, state.num_prompt, horizon)
   valid = np.asarray(state.ranks < horizon[:, None])  # [B, N]
   for got, want in ((cache.keys, exact.keys), (cache.values, exact.values)):
-    np.testing.assert_allclose(np.asarray(got)[:, valid], np.asarray(want)[:, valid], atol=1e-5)
+    by_position = lambda layers: np.moveaxis(np.asarray(layers), 3, 2)  # [L, B, N, H, D]
+    np.testing.assert_allclose(by_position(got)[:, valid], by_position(want)[:, valid], atol=1e-5)
 
 
 def test_the_poison_would_be_seen(model):
   """Control for the test above: a cache that claims one rank too many (its entry is poison) changes
   the logits, so an exact match above means that no stale entry was visible."""
   cfg, params = model
-  state, m = _random_state(cfg, 0)
+  state, m = _random_state(cfg, params, 0)
   n = jnp.maximum(state.num_decided, state.num_prompt + 1)  # rank n - 1 is not in the prompt
   state = state.replace(num_decided=n)
   cache = _prefilled(cfg, params, state.tokens, state.ranks, state.num_prompt, n - 1)
