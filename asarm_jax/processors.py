@@ -134,7 +134,28 @@ def log_probabilities(logits: jax.Array, cfg: SamplingConfig) -> jax.Array:
 def sample_from(key: jax.Array, probs: jax.Array) -> jax.Array:
   """Draws one token id per row of `probs` [..., V]; zero-probability tokens are never drawn.
 
+  Inverse-CDF sampling: one uniform per row (not one Gumbel variate per token, whose random bits
+  cost more than the rest of a cached forward at large batch).
+
   Returns:
     [...] int32 token ids.
   """
-  return jax.random.categorical(key, jnp.log(probs), axis=-1).astype(jnp.int32)
+  return inverse_cdf(jax.random.uniform(key, probs.shape[:-1], jnp.float32), probs)
+
+
+def inverse_cdf(u: jax.Array, probs: jax.Array) -> jax.Array:
+  """The token whose slice of the cumulative distribution holds u * (total mass).
+
+  Args:
+    u: [...] float32 in [0, 1).
+    probs: [..., V] non-negative, not all zero.
+
+  Returns:
+    [...] int32: token i with cdf[i-1] <= u * total < cdf[i], so a zero-probability token (an
+    empty slice) is never returned; rounding at the top end falls back to the last token with
+    positive probability.
+  """
+  cdf = jnp.cumsum(probs.astype(jnp.float32), axis=-1)  # [..., V]
+  index = jnp.sum(cdf <= u[..., None] * cdf[..., -1:], axis=-1)  # [...]
+  last_positive = probs.shape[-1] - 1 - jnp.argmax((probs > 0)[..., ::-1], axis=-1)  # [...]
+  return jnp.minimum(index, last_positive).astype(jnp.int32)

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asarm_jax.processors import (SamplingConfig, log_probabilities, probabilities,
-                                  sample_from)
+from asarm_jax.processors import (SamplingConfig, inverse_cdf, log_probabilities,
+                                  probabilities, sample_from)
 
 
 def _softmax(x):
@@ -183,6 +183,17 @@ def test_banned_and_truncated_tokens_are_never_sampled():
   assert set(np.unique(ids)) == {3, 4, 5}
   frequencies = np.bincount(ids, minlength=6) / ids.size
   np.testing.assert_allclose(frequencies, np.asarray(probs), atol=0.015)
+
+
+def test_inverse_cdf_never_returns_an_empty_slice_even_at_the_ends():
+  probs = jnp.asarray([0.0, 0.25, 0.0, 0.75, 0.0, 0.0])  # token 5 and 4, 2, 0 have no mass
+  below_one = np.nextafter(np.float32(1), np.float32(0))
+  u = jnp.asarray([0.0, 0.2499, 0.25, 0.9, below_one], jnp.float32)
+  ids = inverse_cdf(u, jnp.broadcast_to(probs, (5, 6)))
+  np.testing.assert_array_equal(ids, [1, 1, 3, 3, 3])
+  # Unnormalised input: u scales the total mass.
+  np.testing.assert_array_equal(inverse_cdf(jnp.asarray([0.3]), jnp.asarray([[0.0, 2.0, 2.0]])),
+                                [1])
 
 
 def test_sample_from_greedy_is_argmax():
