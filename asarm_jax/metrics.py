@@ -74,14 +74,14 @@ def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
   Per layer and token: content stream q, k, v, o projections and the feed-forward; query stream q, o
   and the feed-forward; in each stream the scores against N keys, the relative-position scores
   against 2N - 1 distances and the weighted sum of N values; plus the projection of the 2N - 1
-  relative embeddings (once per stream and layer, shared by the N rows). Then the LM head.
+  relative embeddings (once per layer, shared by both streams' rows). Then the LM head.
   """
   d, hd, n = cfg.d_model, cfg.n_heads * cfg.d_head, seq_len
   feed_forward = 2 * 2 * d * cfg.d_inner
   attention = 2 * n * hd + 2 * (2 * n - 1) * hd + 2 * n * hd
   relative = 2 * (2 * n - 1) * d * hd / n
   content = 4 * 2 * d * hd + feed_forward + attention + relative
-  query = 2 * 2 * d * hd + feed_forward + attention + relative
+  query = 2 * 2 * d * hd + feed_forward + attention
   return cfg.n_layers * (content + query) + 2 * d * cfg.vocab_size
 
 
