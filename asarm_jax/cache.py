@@ -30,7 +30,7 @@ class KVCache:
   One array per layer (not one stacked array), so a forward writes its new rows into each layer's
   buffer in place and reads it without slicing or copying.
   """
-  keys: tuple[jax.Array, ...]    # L x [B, H, N, D]
+  keys: tuple[jax.Array, ...]    # L x [B, H, D, N] (transposed: see RelativeAttention.keys_values)
   values: tuple[jax.Array, ...]  # L x [B, H, N, D]
   # L x [2N-1, H, D]: each layer's projected relative-position embeddings (they depend only on the
   # parameters and N); None: the forward computes them.
@@ -40,13 +40,14 @@ class KVCache:
   def zeros(cls, n_layers: int, batch: int, length: int, n_heads: int, d_head: int,
             dtype=jnp.float32) -> "KVCache":
     """An empty cache for `batch` rows of `length` positions."""
-    shape = (batch, n_heads, length, d_head)
-    return cls(keys=tuple(jnp.zeros(shape, dtype) for _ in range(n_layers)),
-               values=tuple(jnp.zeros(shape, dtype) for _ in range(n_layers)))
+    return cls(keys=tuple(jnp.zeros((batch, n_heads, d_head, length), dtype)
+                          for _ in range(n_layers)),
+               values=tuple(jnp.zeros((batch, n_heads, length, d_head), dtype)
+                            for _ in range(n_layers)))
 
   @property
   def length(self) -> int:
-    return self.keys[0].shape[2]
+    return self.values[0].shape[2]
 
 
 def content_rows(by_rank: jax.Array, num_cached: jax.Array, horizon: jax.Array, num_rows: int,

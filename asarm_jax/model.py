@@ -162,13 +162,17 @@ class RelativeAttention(nn.Module):
                                    bias_init=_zeros(("embed",)))
     self.dropout = nn.Dropout(cfg.dropout)
 
-  def _project(self, x: jax.Array, weight: jax.Array) -> jax.Array:
+  def _project(self, x: jax.Array, weight: jax.Array, layout: str = "bhsd") -> jax.Array:
     dt = self.cfg.compute_dtype
-    return jnp.einsum("bsm,mhd->bhsd", x.astype(dt), weight.astype(dt))  # [B, H, S, D]
+    return jnp.einsum(f"bsm,mhd->{layout}", x.astype(dt), weight.astype(dt))  # [B, H, S, D]
 
   def keys_values(self, h: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Content keys and values of rows h [B, S, M]: two [B, H, S, D]."""
-    return self._project(h, self.k), self._project(h, self.v)
+    """Content keys [B, H, D, S] and values [B, H, S, D] of rows h [B, S, M].
+
+    Keys are stored transposed so that the score product is a plain [R, D] x [D, N] matrix product
+    per (row, head), which reads the cache without repacking it.
+    """
+    return self._project(h, self.k, "bhds"), self._project(h, self.v)
 
   def relative_keys(self, table: jax.Array) -> jax.Array:
     """The relative-position keys W_r R of `table` [2N-1, M] (see `relative_table`): [2N-1, H, D]."""
@@ -177,16 +181,17 @@ class RelativeAttention(nn.Module):
 
   def __call__(self, x: jax.Array, positions: jax.Array, keys: jax.Array, values: jax.Array,
                mask: jax.Array, rel_keys: jax.Array, *, deterministic: bool) -> jax.Array:
-    """Attends rows x [B, R, M] at `positions` [B, R] over keys/values [B, H, N, D] under mask [B, R, N].
+    """Attends rows x [B, R, M] at `positions` [B, R] over keys [B, H, D, N] and values [B, H, N, D]
+    under mask [B, R, N].
 
     `rel_keys` [2N-1, H, D] are this layer's `relative_keys`. Returns the post-LN residual output
     [B, R, M].
     """
     cfg = self.cfg
     dt = cfg.compute_dtype
-    length = keys.shape[2]
+    length = values.shape[2]
     q = self._project(x, self.q)  # [B, H, R, D]
-    content_score = jnp.einsum("bhrd,bhnd->bhrn", q + self.r_w_bias.astype(dt)[:, None], keys,
+    content_score = jnp.einsum("bhrd,bhdn->bhrn", q + self.r_w_bias.astype(dt)[:, None], keys,
                                preferred_element_type=jnp.float32)  # [B, H, R, N]
     # (q in [B, R, H, D] here: XLA's CPU backend rejects the bf16 x bf16 -> f32 dot it makes of the
     # [B, H, R, D] form.)
@@ -250,15 +255,15 @@ class TwoStreamLayer(nn.Module):
     Both streams go through the shared weights as one block of S + Q rows (they attend over the same
     keys, and everything else is row-wise).
 
-    Returns (h [B, S, M], g [B, Q, M], keys [B, H, N, D], values [B, H, N, D]).
+    Returns (h [B, S, M], g [B, Q, M], keys [B, H, D, N], values [B, H, N, D]).
     """
     new_keys, new_values = self.attention.keys_values(h)  # [B, H, S, D]
     if full:
       keys, values = new_keys, new_values
     else:
       rows = jnp.arange(h.shape[0])[:, None]
-      keys = layer_keys.at[rows, :, content_positions].set(
-          new_keys.transpose(0, 2, 1, 3).astype(layer_keys.dtype), mode="drop")
+      keys = layer_keys.at[rows, :, :, content_positions].set(
+          new_keys.transpose(0, 3, 1, 2).astype(layer_keys.dtype), mode="drop")
       values = layer_values.at[rows, :, content_positions].set(
           new_values.transpose(0, 2, 1, 3).astype(layer_values.dtype), mode="drop")
     num_content = h.shape[1]

@@ -41,10 +41,12 @@ def _prefilled(cfg, params, tokens, ranks, num_prompt, upto):
   _, cache = ASARM(cfg).apply({"params": params}, empty_cache(cfg, BATCH, LENGTH),
                               jnp.take_along_axis(tokens, order, axis=1), positions, content,
                               order[:, :1], query, method=ASARM.extend)
-  stale = (ranks >= upto[:, None])[:, None, :, None]  # [B, 1, N, 1]
-  noise = 10.0 * jax.random.normal(jax.random.key(0), cache.keys[0].shape)  # [B, H, N, D]
-  return cache_lib.KVCache(keys=tuple(jnp.where(stale, noise, k) for k in cache.keys),
-                           values=tuple(jnp.where(stale, -noise, v) for v in cache.values))
+  stale = ranks >= upto[:, None]  # [B, N]
+  noise = 10.0 * jax.random.normal(jax.random.key(0), cache.values[0].shape)  # [B, H, N, D]
+  keys = tuple(jnp.where(stale[:, None, None], noise.swapaxes(2, 3), k)  # [B, H, D, N]
+               for k in cache.keys)
+  values = tuple(jnp.where(stale[:, None, :, None], -noise, v) for v in cache.values)
+  return cache_lib.KVCache(keys=keys, values=values)
 
 
 def _random_state(cfg, params, seed):
@@ -119,8 +121,9 @@ def test_cached_forward_matches_full_forward(model, seed, kind):
   # The new content rows left exact keys/values: every rank below the horizon is now valid.
   exact = _prefilled(cfg, params, state.tokens, state.ranks, state.num_prompt, horizon)
   valid = np.asarray(state.ranks < horizon[:, None])  # [B, N]
-  for got, want in ((cache.keys, exact.keys), (cache.values, exact.values)):
-    by_position = lambda layers: np.moveaxis(np.asarray(layers), 3, 2)  # [L, B, N, H, D]
+  # Both as [L, B, N, H, D]: keys are stored [L, B, H, D, N], values [L, B, H, N, D].
+  for got, want, axis in ((cache.keys, exact.keys, 4), (cache.values, exact.values, 3)):
+    by_position = lambda layers: np.moveaxis(np.asarray(layers), axis, 2)
     np.testing.assert_allclose(by_position(got)[:, valid], by_position(want)[:, valid], atol=1e-5)
 
 
