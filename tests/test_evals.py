@@ -197,6 +197,25 @@ def test_story_infill_on_mock_tfds_data(model):
   assert "ROUGE-1" in story_infill.table(results)
 
 
+def test_story_that_does_not_fit_is_skipped_not_scored_as_empty(model):
+  cfg, params, tokenizer = model
+  long_middle = "It was " + " and ".join(["a very long day"] * 40) + "."
+  texts = [STORIES[0], f"A. B. {long_middle} D. E."]
+
+  def mock(self, split, **kwargs):
+    del self, split, kwargs
+    return [{"text": text.encode()} for text in texts]
+
+  with tfds.testing.mock_data(as_data_source_fn=mock):
+    results = story_infill.evaluate(params, cfg, tokenizer, dataset="tfds:lm1b",
+                                    methods=("oracle",), **SMALL)
+  assert results["settings"]["num_stories"] == 2
+  assert results["settings"]["skipped_too_long"] == 1
+  oracle = results["methods"]["oracle"]
+  assert oracle["count"] == 1
+  assert all(oracle[k] == 1.0 for k in story_infill.ROUGE_TYPES)
+
+
 # --- the command line ------------------------------------------------------------------------
 
 

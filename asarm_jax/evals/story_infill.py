@@ -132,18 +132,22 @@ def evaluate(params, cfg, tokenizer, *, dataset: str, split: str = "validation",
                        skipped_too_long=len(stories) - len(usable)),
       "methods": {},
   }
-  references = [story.middle for story in stories]
+  if not usable:
+    raise ValueError(f"none of the {len(stories)} stories fits the context budget of {max_len} "
+                     "tokens with its middle sentence")
+  # Only the stories that fit are scored (the skipped ones are counted in the settings).
+  scored = [stories[i] for i in usable]
+  references = [story.middle for story in scored]
   for method in methods:
     infilled = span_infill.infill_examples(
         params, cfg, [posed[i] for i in usable], jax.random.key(seed), method=method,
         batch_size=batch_size, draft_len=draft_len, temperature=temperature, top_p=top_p)
-    fills = ["" for _ in stories]
-    for i, tokens in zip(usable, infilled.tokens):
-      fills[i] = tokenizer.decode(posed[i].middle(tokens).tolist())
+    fills = [tokenizer.decode(posed[i].middle(tokens).tolist())
+             for i, tokens in zip(usable, infilled.tokens)]
     scores = rouge_scores(fills, references)
     examples = [dict(prefix=s.prefix, reference=s.middle, fill=f, suffix=s.suffix)
-                for s, f in itertools.islice(zip(stories, fills), num_examples_shown)]
-    results["methods"][method] = dict(**scores, count=len(stories), sampling=infilled.stats,
+                for s, f in itertools.islice(zip(scored, fills), num_examples_shown)]
+    results["methods"][method] = dict(**scores, count=len(scored), sampling=infilled.stats,
                                       examples=examples)
   return results
 
