@@ -8,6 +8,7 @@ Layout of a workdir:
     params/         the model parameters (float32 master weights)
     train/          {'step', 'rng', 'opt_state'}
     data/           the grain iterator state, one JSON file per process
+                    (`process_<index>-of-<count>.json`): a position in that process's data shard
   metrics.jsonl     one JSON object per logged step (written by train_lib)
   tensorboard/      the same scalars as TensorBoard event files (`tensorboard --logdir`)
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from typing import Any
 
@@ -34,6 +36,7 @@ RUN_FILE = "run.json"
 TOKENIZER_FILE = "tokenizer.model"
 CHECKPOINT_DIR = "checkpoints"
 BAD_CHECKPOINT_DIR = "bad_checkpoints"  # unreadable checkpoints are moved here, out of the way
+_DATA_STATE_FILE = re.compile(r"process_(\d+)-of-(\d+)\.json")  # grain's name for a process's state
 FORMAT_VERSION = 1
 
 
@@ -201,6 +204,12 @@ class Checkpointer:
               step: int | None = None) -> Any:
     """Restores the state (and the data iterator, in place) saved at `step` (default: latest).
 
+    The data iterator states are positions in per-process data shards (documents are sharded by
+    process before shuffling and packing), so those of another process count have no counterpart
+    in this run's streams: then `data_iterator` is left where it is (a fresh one: the start of
+    this run's stream, where a fresh run with this process count begins) and a warning names the
+    step and both process counts.
+
     Args:
       abstract_state: a state of jax.ShapeDtypeStruct leaves carrying the target shardings.
       data_iterator: the grain iterator to move to the saved position, or None.
@@ -214,12 +223,29 @@ class Checkpointer:
              "train": ocp.args.StandardRestore({"step": abstract_state.step,
                                                 "rng": abstract_state.rng,
                                                 "opt_state": abstract_state.opt_state})}
-    if data_iterator is not None:
+    saved_count = self._data_process_count(step)
+    other_count = saved_count is not None and saved_count != jax.process_count()
+    if data_iterator is not None and not other_count:
       items["data"] = grain_python.PyGrainCheckpointRestore(data_iterator)
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    if data_iterator is not None and other_count:
+      logging.warning(
+          "The checkpoint of step %d in %s was written by %d processes and this run has %d: its "
+          "data iterator positions are in other data shards, so the model, optimizer state, step "
+          "and rng are restored and the data iterator starts at the beginning of this run's "
+          "stream (as a fresh run with %d processes would)", step, self.directory, saved_count,
+          jax.process_count(), jax.process_count())
     train = restored["train"]
     return abstract_state.replace(params=restored["params"], step=train["step"],
                                   rng=train["rng"], opt_state=train["opt_state"])
+
+  def _data_process_count(self, step: int) -> int | None:
+    """How many processes saved the data iterator states of `step`; None if it holds none (or
+    states that disagree: a damaged checkpoint, for the restore to reject)."""
+    data = self.directory / str(step) / "data"
+    names = [path.name for path in data.iterdir()] if data.exists() else []
+    counts = {int(match[2]) for match in map(_DATA_STATE_FILE.fullmatch, names) if match}
+    return counts.pop() if len(counts) == 1 else None
 
   def restore_params(self, abstract_params: Any, step: int | None = None) -> Any:
     """Restores only the parameters saved at `step` (default: latest)."""

@@ -459,7 +459,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Every check (config keys and values, mesh and batch sizes, data sources, compatibility with a
   run already in `workdir`) happens before any work. A workdir with checkpoints is resumed from
-  the latest one.
+  the latest one, also with another process count (the data stream then starts afresh: see
+  `Checkpointer.restore`).
 
   Args:
     config: a training config (see configs/default.py).

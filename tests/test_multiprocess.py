@@ -1,7 +1,9 @@
 """Two jax.distributed processes on 127.0.0.1 train exactly like one process, and what they
 checkpoint restores in one process."""
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,6 +14,10 @@ import pytest
 
 import train_helpers
 from asarm_jax import checkpoint
+from asarm_jax import data as data_lib
+from asarm_jax import metrics
+from asarm_jax import run_config
+from asarm_jax import train_lib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -82,3 +88,33 @@ def test_their_checkpoint_restores_and_continues_in_one_process(two_process_run,
   restored, _ = train_helpers.train_steps(one_device, restored, [num_steps])
   for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow  # the two-process run of the fixture
+def test_their_run_resumes_in_one_process_from_the_start_of_its_data_stream(two_process_run,
+                                                                             tmp_path, caplog):
+  _, _, their_workdir = two_process_run
+  workdir = str(tmp_path / "run")
+  shutil.copytree(their_workdir, workdir)  # the fixture's run stays as they left it
+  config = train_helpers.tiny_config(num_train_steps=4, checkpoint_every_steps=2)
+  with caplog.at_level(logging.WARNING):
+    train_lib.train_and_evaluate(config, workdir)  # their step 2, then steps 3 and 4 here
+  messages = [r.getMessage() for r in caplog.records]
+  assert any("step 2" in m and "2 processes" in m and "this run has 1" in m for m in messages), (
+      messages)
+  assert not any("unusable" in m for m in messages), messages  # not taken for a corrupt one
+  assert not os.path.exists(os.path.join(workdir, checkpoint.BAD_CHECKPOINT_DIR))
+  logged = [(r["step"], r["train/loss"]) for r in metrics.read_metrics(workdir)
+            if "train/loss" in r]
+  assert [step for step, _ in logged] == [1, 2, 3, 4]  # 1, 2 by their process 0; 3, 4 here
+  assert np.isfinite([loss for _, loss in logged]).all()
+  # The data position: two batches into the one-process stream, as a fresh one-process run reads.
+  run = run_config.parse(config)
+  tokenizer = data_lib.Tokenizer.load(os.path.join(workdir, checkpoint.TOKENIZER_FILE))
+  fresh = data_lib.train_iterator(run.data.source, tokenizer, run.seq_len, run.batch_size,
+                                  seed=run.seed, split=run.data.train_split, process_index=0,
+                                  process_count=1, max_documents=run.data.max_documents)
+  for _ in range(2):
+    next(fresh)
+  saved = os.path.join(workdir, checkpoint.CHECKPOINT_DIR, "4", "data", "process_0-of-1.json")
+  assert json.load(open(saved)) == fresh.get_state()
