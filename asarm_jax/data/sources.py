@@ -19,80 +19,80 @@ TFDS_PREFIX = "tfds:"
 
 
 class DocumentSource(Protocol):
-    """What every source provides: `len(source)` documents, `source[i]` a str."""
+  """What every source provides: `len(source)` documents, `source[i]` a str."""
 
-    def __len__(self) -> int: ...
+  def __len__(self) -> int: ...
 
-    def __getitem__(self, index: int) -> str: ...
+  def __getitem__(self, index: int) -> str: ...
 
 
 class TfdsTextSource:
-    """Exposes one text feature of a TFDS random-access data source as str documents."""
+  """Exposes one text feature of a TFDS random-access data source as str documents."""
 
-    def __init__(self, data_source: Any, text_key: str, name: str):
-        """Wraps `data_source` (a `tfds.data_source` result).
+  def __init__(self, data_source: Any, text_key: str, name: str):
+    """Wraps `data_source` (a `tfds.data_source` result).
 
-        Raises:
-          ValueError: the examples have no feature `text_key`.
-        """
-        self._data_source = data_source
-        self._text_key = text_key
-        if len(data_source) and text_key not in data_source[0]:
-            raise ValueError(f"TFDS dataset {name!r} has no feature {text_key!r}; its features are "
-                             f"{sorted(data_source[0])}. Set text_key.")
+    Raises:
+      ValueError: the examples have no feature `text_key`.
+    """
+    self._data_source = data_source
+    self._text_key = text_key
+    if len(data_source) and text_key not in data_source[0]:
+      raise ValueError(f"TFDS dataset {name!r} has no feature {text_key!r}; its features are "
+                       f"{sorted(data_source[0])}. Set text_key.")
 
-    def __len__(self) -> int:
-        return len(self._data_source)
+  def __len__(self) -> int:
+    return len(self._data_source)
 
-    def __getitem__(self, index: int) -> str:
-        text = self._data_source[index][self._text_key]
-        return text.decode("utf-8") if isinstance(text, bytes) else str(text)
+  def __getitem__(self, index: int) -> str:
+    text = self._data_source[index][self._text_key]
+    return text.decode("utf-8") if isinstance(text, bytes) else str(text)
 
 
 def _open_tfds(name: str, split: str, text_key: str, data_dir: str | None) -> TfdsTextSource:
-    import tensorflow_datasets as tfds  # imported lazily: slow, and only this source needs it
+  import tensorflow_datasets as tfds  # imported lazily: slow, and only this source needs it
 
-    where = f"data_dir={data_dir!r}" if data_dir else "the default TFDS data_dir"
-    try:
-        data_source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    except tfds.core.registered.DatasetNotFoundError as e:
-        raise ValueError(f"Unknown TFDS dataset {name!r} (source 'tfds:{name}').") from e
-    except NotImplementedError as e:  # TFDS's answer when no random-access files exist
-        raise FileNotFoundError(
-            f"TFDS dataset {name!r} is not prepared as array_record in {where}; build it first, "
-            f"e.g. `tfds build {name} --file_format=array_record`.") from e
-    except ValueError as e:  # e.g. unknown split
-        raise ValueError(f"TFDS dataset {name!r}, split {split!r}: {e}") from e
-    return TfdsTextSource(data_source, text_key, name)
+  where = f"data_dir={data_dir!r}" if data_dir else "the default TFDS data_dir"
+  try:
+    data_source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(f"Unknown TFDS dataset {name!r} (source 'tfds:{name}').") from e
+  except NotImplementedError as e:  # TFDS's answer when no random-access files exist
+    raise FileNotFoundError(
+        f"TFDS dataset {name!r} is not prepared as array_record in {where}; build it first, "
+        f"e.g. `tfds build {name} --file_format=array_record`.") from e
+  except ValueError as e:  # e.g. unknown split
+    raise ValueError(f"TFDS dataset {name!r}, split {split!r}: {e}") from e
+  return TfdsTextSource(data_source, text_key, name)
 
 
 def open_source(source: str, split: str, *, text_key: str = "text",
                 data_dir: str | None = None) -> DocumentSource:
-    """Opens the documents of `source` (see the module docstring) for one split.
+  """Opens the documents of `source` (see the module docstring) for one split.
 
-    Raises:
-      ValueError: unknown source prefix, unknown dataset or split, missing text feature, or an
-        empty split.
-      FileNotFoundError: a TFDS dataset that is not prepared.
-    """
-    if source == STDLIB:
-        documents: DocumentSource = StdlibCorpus(split)
-    elif source.startswith(TFDS_PREFIX) and source[len(TFDS_PREFIX):]:
-        documents = _open_tfds(source[len(TFDS_PREFIX):], split, text_key, data_dir)
-    else:
-        raise ValueError(f"Unknown data source {source!r}; expected {STDLIB!r} or "
-                         f"'{TFDS_PREFIX}<name>'.")
-    if not len(documents):
-        raise ValueError(f"Data source {source!r}, split {split!r} has no documents.")
-    return documents
+  Raises:
+    ValueError: unknown source prefix, unknown dataset or split, missing text feature, or an
+      empty split.
+    FileNotFoundError: a TFDS dataset that is not prepared.
+  """
+  if source == STDLIB:
+    documents: DocumentSource = StdlibCorpus(split)
+  elif source.startswith(TFDS_PREFIX) and source[len(TFDS_PREFIX):]:
+    documents = _open_tfds(source[len(TFDS_PREFIX):], split, text_key, data_dir)
+  else:
+    raise ValueError(f"Unknown data source {source!r}; expected {STDLIB!r} or "
+                     f"'{TFDS_PREFIX}<name>'.")
+  if not len(documents):
+    raise ValueError(f"Data source {source!r}, split {split!r} has no documents.")
+  return documents
 
 
 def load_texts(source: str, split: str, *, text_key: str = "text", data_dir: str | None = None,
                max_documents: int | None = None) -> Iterator[str]:
-    """Iterates the raw documents of a split in source order (at most `max_documents`).
+  """Iterates the raw documents of a split in source order (at most `max_documents`).
 
-    The source is opened (and validated) by this call; the documents are read lazily.
-    """
-    documents = open_source(source, split, text_key=text_key, data_dir=data_dir)
-    count = len(documents) if max_documents is None else min(max_documents, len(documents))
-    return (documents[i] for i in range(count))
+  The source is opened (and validated) by this call; the documents are read lazily.
+  """
+  documents = open_source(source, split, text_key=text_key, data_dir=data_dir)
+  count = len(documents) if max_documents is None else min(max_documents, len(documents))
+  return (documents[i] for i in range(count))
