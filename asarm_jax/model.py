@@ -163,8 +163,9 @@ class RelativeAttention(nn.Module):
     self.dropout = nn.Dropout(cfg.dropout)
 
   def _project(self, x: jax.Array, weight: jax.Array, layout: str = "bhsd") -> jax.Array:
+    """Rows x [B, S, M] times weight [M, H, D], in `layout`: [B, H, S, D] by default."""
     dt = self.cfg.compute_dtype
-    return jnp.einsum(f"bsm,mhd->{layout}", x.astype(dt), weight.astype(dt))  # [B, H, S, D]
+    return jnp.einsum(f"bsm,mhd->{layout}", x.astype(dt), weight.astype(dt))
 
   def keys_values(self, h: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Content keys [B, H, D, S] and values [B, H, S, D] of rows h [B, S, M].

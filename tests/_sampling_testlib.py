@@ -33,16 +33,31 @@ def tiny_model(seed: int = 1, **overrides):
   return cfg, init_params(cfg, jax.random.key(seed))
 
 
+def _ragged_rows(rs: np.random.RandomState, batch: int):
+  tokens = rs.randint(0, SAMPLABLE, size=(batch, LENGTH)).astype(np.int32)
+  ranks = np.stack([rs.permutation(LENGTH) for _ in range(batch)]).astype(np.int32)
+  num_prompt = (np.arange(batch) % LENGTH).astype(np.int32)
+  return tokens, ranks, num_prompt
+
+
 def ragged_batch(batch: int, seed: int = 0):
   """`batch` rows with random tokens and orders and prompt lengths 0..LENGTH-1 (ragged).
 
   Returns (tokens int32 [B, N], ranks int32 [B, N], num_prompt int32 [B]).
   """
+  return _ragged_rows(np.random.RandomState(seed), batch)
+
+
+def padded_ragged_batch(batch: int, seed: int = 0):
+  """`ragged_batch` rows, every third with padding: num_valid in (num_prompt, N], else N.
+
+  Returns (tokens, ranks, num_prompt, num_valid int32 [B]).
+  """
   rs = np.random.RandomState(seed)
-  tokens = rs.randint(0, SAMPLABLE, size=(batch, LENGTH)).astype(np.int32)
-  ranks = np.stack([rs.permutation(LENGTH) for _ in range(batch)]).astype(np.int32)
-  num_prompt = (np.arange(batch) % LENGTH).astype(np.int32)
-  return tokens, ranks, num_prompt
+  tokens, ranks, num_prompt = _ragged_rows(rs, batch)
+  num_valid = np.where(np.arange(batch) % 3 == 0,
+                       [rs.randint(p + 1, LENGTH + 1) for p in num_prompt], LENGTH)
+  return tokens, ranks, num_prompt, num_valid.astype(np.int32)
 
 
 def context_free(params):

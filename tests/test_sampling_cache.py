@@ -26,15 +26,8 @@ def model():
 
 @pytest.fixture(scope="module")
 def ragged():
-  """Random orders, prompt lengths 0..5 and num_valid in (num_prompt, N]: padding in a third of the
-  rows."""
-  rs = np.random.RandomState(1)
-  tokens = rs.randint(0, lib.SAMPLABLE, size=(BATCH, lib.LENGTH)).astype(np.int32)
-  ranks = np.stack([rs.permutation(lib.LENGTH) for _ in range(BATCH)]).astype(np.int32)
-  num_prompt = (np.arange(BATCH) % lib.LENGTH).astype(np.int32)
-  num_valid = np.where(np.arange(BATCH) % 3 == 0,
-                       [rs.randint(p + 1, lib.LENGTH + 1) for p in num_prompt], lib.LENGTH)
-  return tokens, ranks, num_prompt, num_valid.astype(np.int32)
+  """BATCH ragged rows with padding in a third of them (see lib.padded_ragged_batch)."""
+  return lib.padded_ragged_batch(BATCH, seed=1)
 
 
 CONFIGS = {
