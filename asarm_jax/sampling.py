@@ -119,7 +119,7 @@ class _LoopState:
   num_prompt: jax.Array    # int32 [B] (constant)
   num_valid: jax.Array     # int32 [B]: ranks >= num_valid are padding, never generated (constant)
   num_decided: jax.Array   # int32 [B]: ranks < num_decided are decided
-  cache: KVCache | None    # L x keys/values [B, H, N, D]; None without a cache
+  cache: KVCache | None    # per-layer keys/values (see cache.py); None without a cache
   num_cached: jax.Array    # int32 [B]: ranks < num_cached have valid cache entries
   # ASSD: the latest drafts; sequential: the latest sample; fused: the pending proposals for ranks
   # num_decided + j, j < K. Always with the processed laws they were drawn from.
