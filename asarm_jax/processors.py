@@ -74,6 +74,24 @@ class SamplingConfig:
           f"banned_ids bans all {vocab_size} tokens; at least one token must stay allowed")
 
 
+def cumulative_sum(x: jax.Array, block: int = 64) -> jax.Array:
+  """Inclusive cumulative sum over the last axis [..., V], in blocks of `block` entries.
+
+  `jnp.cumsum` becomes a reduce-window that XLA's CPU backend runs in O(V^2) per row (1.5 ms for
+  32 rows of V = 4096: more than the rest of a cached forward at N = 128). Summing within blocks,
+  then adding the running total of the blocks before, costs O(V * block + (V / block)^2).
+  """
+  length = x.shape[-1]
+  if length <= block:
+    return jnp.cumsum(x, axis=-1)
+  num_blocks = -(-length // block)
+  padded = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, num_blocks * block - length)])
+  blocks = padded.reshape(*x.shape[:-1], num_blocks, block)  # [..., V / block, block]
+  within = jnp.cumsum(blocks, axis=-1)  # [..., V / block, block]
+  before = jnp.cumsum(within[..., -1], axis=-1) - within[..., -1]  # [..., V / block]
+  return (within + before[..., None]).reshape(padded.shape)[..., :length]
+
+
 def _rank_descending(logits: jax.Array) -> jax.Array:
   """Token ids [..., V] ordered by logit, descending; equal logits by ascending id."""
   # Canonicalise -0.0 to 0.0: the sort's total order would otherwise separate them.
@@ -91,7 +109,7 @@ def _truncation_mask(logits: jax.Array, cfg: SamplingConfig) -> jax.Array:
     keep_sorted = jnp.broadcast_to(jnp.arange(vocab_size) < cfg.top_k, keep_sorted.shape)
   if cfg.top_p < 1:
     sorted_probs = jax.nn.softmax(jnp.where(keep_sorted, sorted_logits, -jnp.inf), axis=-1)
-    cumulative = jnp.cumsum(sorted_probs, axis=-1)  # [..., V]
+    cumulative = cumulative_sum(sorted_probs)  # [..., V]
     mass_before = jnp.concatenate(
         [jnp.zeros_like(cumulative[..., :1]), cumulative[..., :-1]], axis=-1)  # [..., V]
     keep_sorted = keep_sorted & (mass_before < cfg.top_p)
@@ -155,7 +173,7 @@ def inverse_cdf(u: jax.Array, probs: jax.Array) -> jax.Array:
     empty slice) is never returned; rounding at the top end falls back to the last token with
     positive probability.
   """
-  cdf = jnp.cumsum(probs.astype(jnp.float32), axis=-1)  # [..., V]
+  cdf = cumulative_sum(probs.astype(jnp.float32))  # [..., V]
   index = jnp.sum(cdf <= u[..., None] * cdf[..., -1:], axis=-1)  # [...]
   last_positive = probs.shape[-1] - 1 - jnp.argmax((probs > 0)[..., ::-1], axis=-1)  # [...]
   return jnp.minimum(index, last_positive).astype(jnp.int32)

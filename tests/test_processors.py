@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asarm_jax.processors import (SamplingConfig, inverse_cdf, log_probabilities,
-                                  probabilities, sample_from)
+from asarm_jax.processors import (SamplingConfig, cumulative_sum, inverse_cdf,
+                                  log_probabilities, probabilities, sample_from)
 
 
 def _softmax(x):
@@ -194,6 +194,17 @@ def test_inverse_cdf_never_returns_an_empty_slice_even_at_the_ends():
   # Unnormalised input: u scales the total mass.
   np.testing.assert_array_equal(inverse_cdf(jnp.asarray([0.3]), jnp.asarray([[0.0, 2.0, 2.0]])),
                                 [1])
+
+
+@pytest.mark.parametrize("length", [1, 63, 64, 65, 1000, 4096])
+def test_cumulative_sum_matches_a_float64_running_sum(length):
+  """Blocked or not (V <= 64), every prefix sum of a [3, 2, V] array, and exact on integers."""
+  x = np.random.default_rng(length).random((3, 2, length)).astype(np.float32)
+  got = np.asarray(cumulative_sum(jnp.asarray(x)))
+  assert got.shape == x.shape and got.dtype == np.float32
+  np.testing.assert_allclose(got, np.cumsum(x.astype(np.float64), axis=-1), rtol=1e-5, atol=1e-5)
+  counts = np.ones((2, length), np.float32)
+  np.testing.assert_array_equal(cumulative_sum(jnp.asarray(counts)), np.cumsum(counts, axis=-1))
 
 
 def test_sample_from_greedy_is_argmax():
