@@ -32,7 +32,7 @@ class KVCache:
   """
   keys: tuple[jax.Array, ...]    # L x [B, H, D, N] (transposed: see RelativeAttention.keys_values)
   values: tuple[jax.Array, ...]  # L x [B, H, N, D]
-  # L x [2N-1, H, D]: each layer's projected relative-position embeddings (they depend only on the
+  # L x [H, 2N-1, D]: each layer's projected relative-position embeddings (they depend only on the
   # parameters and N); None: the forward computes them.
   relative_keys: tuple[jax.Array, ...] | None = None
 

@@ -176,16 +176,20 @@ class RelativeAttention(nn.Module):
     return self._project(h, self.k, "bhds"), self._project(h, self.v)
 
   def relative_keys(self, table: jax.Array) -> jax.Array:
-    """The relative-position keys W_r R of `table` [2N-1, M] (see `relative_table`): [2N-1, H, D]."""
+    """The relative-position keys W_r R of `table` [2N-1, M] (see `relative_table`): [H, 2N-1, D].
+
+    Head-major, the layout of the per-head product in `__call__`: stored this way in the cache,
+    the product reads them without a transposed copy every forward.
+    """
     dt = self.cfg.compute_dtype
-    return jnp.einsum("tm,mhd->thd", table.astype(dt), self.r.astype(dt))
+    return jnp.einsum("tm,mhd->htd", table.astype(dt), self.r.astype(dt))
 
   def __call__(self, x: jax.Array, positions: jax.Array, keys: jax.Array, values: jax.Array,
                mask: jax.Array, rel_keys: jax.Array, *, deterministic: bool) -> jax.Array:
     """Attends rows x [B, R, M] at `positions` [B, R] over keys [B, H, D, N] and values [B, H, N, D]
     under mask [B, R, N].
 
-    `rel_keys` [2N-1, H, D] are this layer's `relative_keys`. Returns the post-LN residual output
+    `rel_keys` [H, 2N-1, D] are this layer's `relative_keys`. Returns the post-LN residual output
     [B, R, M].
     """
     cfg = self.cfg
@@ -194,11 +198,11 @@ class RelativeAttention(nn.Module):
     q = self._project(x, self.q)  # [B, H, R, D]
     content_score = jnp.einsum("bhrd,bhdn->bhrn", q + self.r_w_bias.astype(dt)[:, None], keys,
                                preferred_element_type=jnp.float32)  # [B, H, R, N]
-    # (q in [B, R, H, D] here: XLA's CPU backend rejects the bf16 x bf16 -> f32 dot it makes of the
-    # [B, H, R, D] form.)
-    by_distance = jnp.einsum("brhd,thd->bhrt",
-                             (q + self.r_r_bias.astype(dt)[:, None]).transpose(0, 2, 1, 3),
-                             rel_keys, preferred_element_type=jnp.float32)  # [B, H, R, 2N-1]
+    # In float32 whatever `dt` is: XLA's CPU backend has no bf16 x bf16 -> f32 kernel for the dot
+    # this product becomes (the operands are small: R rows and the [H, 2N-1, D] table).
+    by_distance = jnp.einsum("bhrd,htd->bhrt",
+                             (q + self.r_r_bias.astype(dt)[:, None]).astype(jnp.float32),
+                             rel_keys.astype(jnp.float32))  # [B, H, R, 2N-1]
     # Column t of the table holds distance N - 1 - t, so distance i - j sits at t = N - 1 - i + j.
     column = (length - 1) - positions[:, :, None] + jnp.arange(length)[None, None, :]  # [B, R, N]
     column = jnp.clip(column, 0, 2 * length - 2)
@@ -364,7 +368,7 @@ class ASARM(nn.Module):
         relative_keys=self._relative_keys(length, deterministic=True))
 
   def _relative_keys(self, length: int, *, deterministic: bool) -> tuple[jax.Array, ...]:
-    """Every layer's relative-position keys [2N-1, H, D]; one dropout draw on the shared table."""
+    """Every layer's relative-position keys [H, 2N-1, D]; one dropout draw on the shared table."""
     table = self.dropout(relative_table(length, self.cfg.d_model), deterministic=deterministic)
     return tuple(layer.relative_keys(table) for layer in self.layers)
 
