@@ -42,7 +42,7 @@ HIDDEN_FRACTION = 0.9
 CATEGORIES = (
     ("attention: scores over cached keys", ("bhrd,bhdn->bhrn",)),
     ("attention: values over cached values", ("bhrn,bhnd->bhrd",)),
-    ("attention: relative-position scores", ("brhd,htd->bhrt", "take_along_axis")),
+    ("attention: relative-position scores", ("bhrd,htd->bhrt", "take_along_axis")),
     ("attention: projections", ("attention._project", "bhrd,mhd->brm")),
     ("attention: mask, softmax, layer norm", ("/attention/",)),
     ("cache write", ("/scatter",)),
