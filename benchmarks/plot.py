@@ -2,9 +2,9 @@
 
 python -m benchmarks.plot benchmarks/results/sampling.json [out.png]
 
-Three panels: tokens/s by method at the headline setting (N = headline, 90% hidden, batch 1;
-cached, uncached and the HF-torch peer), NFE relative to sequential decoding by hidden fraction,
-and tokens/s by batch size.
+Three panels: tokens/s by method at the headline setting (N = headline, 90% hidden, infill order,
+batch 1; cached, uncached and the HF-torch peer), NFE relative to sequential decoding by hidden
+fraction and order, and tokens/s by batch size (infill order).
 """
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ from typing import Any
 _HF = "hf_torch"
 
 
-def _rows(results: dict[str, Any], **where) -> list[dict[str, Any]]:
+def _rows(results: dict[str, Any], order: str | None = "infill", **where) -> list[dict[str, Any]]:
+  """The model's rows matching `where`, in `order` (None: any order)."""
   return [r for r in results["results"] if all(r[k] == v for k, v in where.items())
-          and r["model"] == results["model"]["label"]]
+          and order in (None, r["order"]) and r["model"] == results["model"]["label"]]
 
 
 def _name(row: dict[str, Any]) -> str:
@@ -65,17 +66,17 @@ def plot(results: dict[str, Any], path: str | pathlib.Path) -> None:
   # cached rows are preferred where both exist).
   ax = axes[1]
   ratios = {}
-  for r in sorted(_rows(results, seq_len=head, batch=1, implementation="asarm_jax"),
+  for r in sorted(_rows(results, None, seq_len=head, batch=1, implementation="asarm_jax"),
                   key=lambda r: r["use_cache"]):
     if r["nfe_ratio_vs_sequential"] is not None:
-      ratios[r["method"], r["hidden_fraction"]] = r["nfe_ratio_vs_sequential"]
-  fractions = sorted({f for _, f in ratios})
+      ratios[r["method"], (r["hidden_fraction"], r["order"])] = r["nfe_ratio_vs_sequential"]
+  groups = sorted({g for _, g in ratios}, key=lambda g: (g[1] != "infill", g))
   methods = sorted({m for m, _ in ratios})
-  width = 0.8 / max(len(fractions), 1)
-  for offset, fraction in enumerate(fractions):
-    ys = [ratios.get((m, fraction), 0.0) for m in methods]
-    ax.bar([x + (offset - (len(fractions) - 1) / 2) * width for x in range(len(methods))], ys,
-           width, label=f"{fraction:.0%} hidden")
+  width = 0.8 / max(len(groups), 1)
+  for offset, (fraction, order) in enumerate(groups):
+    ys = [ratios.get((m, (fraction, order)), 0.0) for m in methods]
+    ax.bar([x + (offset - (len(groups) - 1) / 2) * width for x in range(len(methods))], ys,
+           width, label=f"{fraction:.0%} hidden, {order} order")
   ax.axhline(0.5, color="k", lw=0.8, ls="--", label="target 0.5")
   ax.set_xticks(range(len(methods)), methods, rotation=35, ha="right", fontsize=8)
   ax.set_ylabel("NFE / sequential NFE")

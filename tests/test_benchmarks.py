@@ -102,7 +102,7 @@ def test_hf_sampling_runs_and_keeps_the_prompt(model):
 # The benchmark's quick mode: schema and internal consistency (no timing assertions).
 
 _ROW_KEYS = {"implementation", "model", "method", "options", "exact", "use_cache", "seq_len",
-             "hidden_fraction", "batch", "num_prompt", "generated_per_row", "tokens_generated",
+             "hidden_fraction", "order", "batch", "num_prompt", "generated_per_row", "tokens_generated",
              "nfe_mean", "nfe_max", "rounds_mean", "rounds_max", "accepted_mean", "drafted_mean",
              "tokens_per_round", "nfe_per_token", "compile_seconds", "run_seconds",
              "run_seconds_all", "warmup", "tokens_per_second", "speedup_vs_sequential",
@@ -122,7 +122,8 @@ def test_quick_benchmark_writes_its_reports(quick_results):
   assert out.with_suffix(".png").stat().st_size > 1000
   assert "| target |" in out.with_suffix(".md").read_text()
   for key in ("schema_version", "command", "mode", "machine", "model", "data", "sampling", "plan",
-              "timing", "methods", "sampler", "results", "skipped", "targets", "total_seconds"):
+              "timing", "methods", "sampler", "results", "skipped", "targets", "supplementary",
+              "total_seconds"):
     assert key in results, key
   assert results["mode"] == "quick"
   assert {r["implementation"] for r in results["results"]} == {"asarm_jax", "hf_torch"}
@@ -133,12 +134,14 @@ def test_quick_benchmark_covers_every_configuration(quick_results):
   from benchmarks import sampling as bench
   _, results = quick_results
   done = {(r["seq_len"], r["hidden_fraction"], r["batch"],
-           bench.HF if r["implementation"] == bench.HF else r["method"], r["use_cache"])
+           bench.HF if r["implementation"] == bench.HF else r["method"], r["use_cache"], r["order"])
           for r in results["results"]}
-  done |= {(s["seq_len"], s["hidden_fraction"], s["batch"], s["method"], s["use_cache"])
+  done |= {(s["seq_len"], s["hidden_fraction"], s["batch"], s["method"], s["use_cache"], s["order"])
            for s in results["skipped"]}
   configs = bench._configs(bench.QUICK_PLAN)  # pylint: disable=protected-access
-  planned = {(n, f, b, spec.name if spec else bench.HF, cache) for n, f, b, spec, cache in configs}
+  planned = {(n, f, b, spec.name if spec else bench.HF, cache, order)
+             for n, f, b, spec, cache, order in configs}
+  assert {order for *_, order in planned} == {"infill", "random"}
   assert planned == done
   assert all(s["reason"] for s in results["skipped"])
 
@@ -146,9 +149,9 @@ def test_quick_benchmark_covers_every_configuration(quick_results):
 def test_quick_benchmark_numbers_are_consistent(quick_results):
   _, results = quick_results
   rows = results["results"]
-  sequential = {(r["seq_len"], r["hidden_fraction"], r["batch"], r["use_cache"]): r for r in rows
-                if r["implementation"] == "asarm_jax" and r["method"] == "sequential"}
-  hf = {(r["seq_len"], r["hidden_fraction"], r["batch"]): r for r in rows
+  sequential = {(r["seq_len"], r["hidden_fraction"], r["batch"], r["order"], r["use_cache"]): r
+                for r in rows if r["implementation"] == "asarm_jax" and r["method"] == "sequential"}
+  hf = {(r["seq_len"], r["hidden_fraction"], r["batch"], r["order"]): r for r in rows
         if r["implementation"] == "hf_torch"}
   for r in rows:
     assert set(r) == _ROW_KEYS, set(r) ^ _ROW_KEYS
@@ -164,13 +167,14 @@ def test_quick_benchmark_numbers_are_consistent(quick_results):
     assert r["tokens_per_second"] == pytest.approx(r["tokens_generated"] / r["run_seconds"])
     if r["method"] == "sequential":
       assert r["nfe_mean"] == r["rounds_mean"] == generated
-    base = sequential.get((r["seq_len"], r["hidden_fraction"], r["batch"], r["use_cache"]))
+    base = sequential.get((r["seq_len"], r["hidden_fraction"], r["batch"], r["order"],
+                           r["use_cache"]))
     if r["implementation"] == "asarm_jax" and base:
       assert r["speedup_vs_sequential"] == pytest.approx(base["run_seconds"] / r["run_seconds"])
       assert r["nfe_ratio_vs_sequential"] == pytest.approx(r["nfe_mean"] / base["nfe_mean"])
     else:
       assert r["speedup_vs_sequential"] is None and r["nfe_ratio_vs_sequential"] is None
-    peer = hf.get((r["seq_len"], r["hidden_fraction"], r["batch"]))
+    peer = hf.get((r["seq_len"], r["hidden_fraction"], r["batch"], r["order"]))
     if peer:
       assert r["speedup_vs_hf"] == pytest.approx(peer["run_seconds"] / r["run_seconds"])
     else:
@@ -190,7 +194,8 @@ def test_quick_benchmark_targets_are_ratios_of_measured_values(quick_results):
     else:
       lower_is_better = target["target"].startswith("<=")
       assert target["met"] == (value <= goal if lower_is_better else value >= goal)
-  head = [r for r in rows if r["seq_len"] == 32 and r["hidden_fraction"] == 0.9 and r["batch"] == 1]
+  head = [r for r in rows if r["seq_len"] == 32 and r["hidden_fraction"] == 0.9 and r["batch"] == 1
+          and r["order"] == "infill"]
   ours = [r for r in head if r["implementation"] == "asarm_jax"]
   peer = [r for r in head if r["implementation"] == "hf_torch"]
   assert targets["best_exact_vs_hf"]["measured"] == pytest.approx(
@@ -201,3 +206,33 @@ def test_quick_benchmark_targets_are_ratios_of_measured_values(quick_results):
   for name, value in cache["detail"]["per_assd_spec"].items():
     runs = {r["use_cache"]: r["run_seconds"] for r in ours if r["method"] == name}
     assert value == pytest.approx(runs[False] / runs[True])
+
+
+def test_quick_benchmark_random_order_figure(quick_results):
+  """The supplementary NFE ratio is computed from the random-order rows alone."""
+  _, results = quick_results
+  shuffled = [r for r in results["results"] if r["order"] == "random"
+              and r["implementation"] == "asarm_jax"]
+  figure = results["supplementary"]["nfe_best_vs_sequential_90_random_order"]
+  assert figure["where"]["order"] == "random"
+  assert figure["measured"] == pytest.approx(min(r["nfe_ratio_vs_sequential"] for r in shuffled))
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.9])
+def test_make_problem_orders_share_the_hidden_subset(fraction):
+  """Both orders hide the same positions and put the prompt first, left to right; the infill order
+  generates the hidden positions left to right, the random order does not."""
+  from benchmarks import sampling as bench
+  chunks = np.arange(3 * 64, dtype=np.int32).reshape(3, 64)
+  infill = bench.make_problem(chunks, fraction, 3, seed=0, order="infill")
+  shuffled = bench.make_problem(chunks, fraction, 3, seed=0, order="random")
+  assert infill.num_prompt == shuffled.num_prompt == 64 - int(64 * fraction)
+  for ranks in (infill.ranks, shuffled.ranks):
+    masks.validate_order(ranks, infill.num_prompt, seq_len=64)
+  np.testing.assert_array_equal(infill.ranks < infill.num_prompt,
+                                shuffled.ranks < infill.num_prompt)
+  np.testing.assert_array_equal(infill.ranks, np.asarray(masks.infill_ranks(
+      jnp.asarray(infill.ranks < infill.num_prompt))))
+  assert not np.array_equal(infill.ranks, shuffled.ranks)
+  with pytest.raises(ValueError, match="order"):
+    bench.make_problem(chunks, fraction, 3, seed=0, order="spiral")
