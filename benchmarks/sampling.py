@@ -117,8 +117,8 @@ class Plan:
 
 
 ORDERS = ("infill", "random")
-# The full plan: about 10 minutes for the default model on 2 idle CPU cores (53 configurations;
-# compilation dominates). Cached compilations depend on the prompt length
+# The full plan: 57 configurations, 825 s for the default model on 2 CPU cores (compilation
+# dominates). Cached compilations depend on the prompt length
 # (`prefill_rows`), so every (N, hidden fraction, batch, method, cache) costs one. The uncached
 # sampler and the HF peer recompute the whole sequence every forward: they run where they are needed.
 _MAIN = ("sequential", "assd_k5", "assd_fused_k5")
