@@ -2,9 +2,9 @@
 
 python -m benchmarks.profile_forward [--seq_lens 128,512] [--batches 1,32] [--method sequential]
 
-For each (N, batch) it compiles `sampling.sample` (90% of the positions hidden, infill order, a
-model of configs/default.py's sizes with random weights: the cost of a step does not depend on the
-weights), runs it once to warm up, then once under `jax.profiler.trace`. Every kernel event of the
+For each (N, batch) it compiles `sampling.sample` (90% of the positions hidden and generated in the
+infill order, by benchmarks/sampling.py's `make_problem`; a model of configs/default.py's sizes with
+random weights: the cost of a step does not depend on the weights), runs it once to warm up, then once under `jax.profiler.trace`. Every kernel event of the
 trace is an HLO instruction of the compiled sampler; its `op_name` metadata (the einsum or Flax
 module it came from) puts it in one of `CATEGORIES`. Reported per loop iteration (one forward for
 sequential decoding): the wall-clock, the kernel time by category, the number of kernels run, and,
@@ -28,11 +28,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from asarm_jax import masks, sampling
+from asarm_jax import sampling
 from asarm_jax.model import ModelConfig, init_params
+from benchmarks.sampling import make_problem
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
 VOCAB_SIZE = 4096
@@ -92,18 +92,6 @@ def default_sized_config() -> ModelConfig:
                      **default_config.get_config().model.to_dict())
 
 
-def problem(seq_len: int, batch: int, seed: int = 0):
-  """(tokens, ranks, num_prompt): random tokens, 90% hidden, infill order."""
-  rng = np.random.default_rng(seed)
-  num_hidden = int(seq_len * HIDDEN_FRACTION)
-  is_prompt = np.ones((batch, seq_len), bool)
-  for row in range(batch):
-    is_prompt[row, rng.choice(seq_len, num_hidden, replace=False)] = False
-  ranks = np.asarray(masks.infill_ranks(jnp.asarray(is_prompt)))
-  tokens = rng.integers(0, 2, (batch, seq_len)).astype(np.int32)  # any valid ids: only timed
-  return tokens, ranks, seq_len - num_hidden
-
-
 def cache_bytes_read(cfg: ModelConfig, seq_len: int, batch: int) -> int:
   """Bytes the score and value products read from the float32 cache per forward (every layer)."""
   return 2 * cfg.n_layers * batch * cfg.n_heads * cfg.d_head * seq_len * 4
@@ -112,7 +100,9 @@ def cache_bytes_read(cfg: ModelConfig, seq_len: int, batch: int) -> int:
 def profile_setting(cfg: ModelConfig, params, seq_len: int, batch: int, method: str,
                     draft_len: int) -> dict[str, Any]:
   """One traced run of the sampler at (N, batch): per-iteration times by category."""
-  tokens, ranks, num_prompt = problem(seq_len, batch)
+  # The sampling benchmark's hidden subsets and infill order; token ids do not affect the time.
+  problem = make_problem(np.zeros((batch, seq_len), np.int32), HIDDEN_FRACTION, batch, seed=0)
+  tokens, ranks, num_prompt = problem.tokens, problem.ranks, problem.num_prompt
   options = dict(method=method, draft_len=draft_len)
   args, static = sampling._prepare(  # pylint: disable=protected-access
       params, cfg, tokens, ranks, num_prompt, jax.random.key(0), **options)

@@ -528,14 +528,13 @@ def _cache(row: dict[str, Any]) -> str:
   return "yes" if row["use_cache"] else "no"
 
 
-_COLUMNS = ("N", "hidden", "order", "batch", "method", "cache", "NFE", "rounds", "tok/round", "compile s",
-            "run s", "tok/s", "× seq", "NFE/seq", "× HF")
+_COLUMNS = ("N", "hidden", "order", "batch", "method", "cache", "NFE", "rounds", "tok/round",
+            "compile s", "run s", "tok/s", "× seq", "NFE/seq", "× HF")
 
 
 def _table_row(row: dict[str, Any]) -> str:
   cells = (str(row["seq_len"]), f"{row['hidden_fraction']:.0%}", row["order"], str(row["batch"]),
-           _label(row),
-           _cache(row), _fmt(row["nfe_mean"], ".1f"), _fmt(row["rounds_mean"], ".1f"),
+           _label(row), _cache(row), _fmt(row["nfe_mean"], ".1f"), _fmt(row["rounds_mean"], ".1f"),
            _fmt(row["tokens_per_round"]), _fmt(row["compile_seconds"], ".1f"),
            _fmt(row["run_seconds"], ".3f"), _fmt(row["tokens_per_second"], ".1f"),
            _fmt(row["speedup_vs_sequential"]), _fmt(row["nfe_ratio_vs_sequential"]),
@@ -545,8 +544,14 @@ def _table_row(row: dict[str, Any]) -> str:
 
 def _sort_key(row):
   return (row["seq_len"], row["hidden_fraction"], row["order"], row["batch"],
-          row["implementation"] == OURS,
-          not row["use_cache"], _label(row))
+          row["implementation"] == OURS, not row["use_cache"], _label(row))
+
+
+def _figure_rows(figures: dict[str, dict[str, Any]]) -> list[str]:
+  """Table rows of targets or supplementary figures: name and description, measured, goal, met."""
+  return [f"| {name}: {figure['description']} | {_fmt(figure['measured'])} | "
+          f"{figure['target']} | {'yes' if figure['met'] else 'no'} |"
+          for name, figure in figures.items()]
 
 
 def markdown(results: dict[str, Any], *, full: bool) -> str:
@@ -559,15 +564,11 @@ def markdown(results: dict[str, Any], *, full: bool) -> str:
           f"{machine['load_average_end'][0]:.1f} at the end")
   lines = [f"Model: {results['model']['description']}. Host: {machine['summary']}, {load}.",
            "", "| target | measured | goal | met |", "|---|---|---|---|"]
-  for name, target in results["targets"].items():
-    lines.append(f"| {name}: {target['description']} | {_fmt(target['measured'])} | "
-                 f"{target['target']} | {'yes' if target['met'] else 'no'} |")
+  lines += _figure_rows(results["targets"])
   if results.get("supplementary"):
     lines += ["", "The same ratios at other settings (not the targets' protocol):", "",
-              "| figure | measured | goal | met |", "|---|---|---|---|"]
-    for name, figure in results["supplementary"].items():
-      lines.append(f"| {name}: {figure['description']} | {_fmt(figure['measured'])} | "
-                   f"{figure['target']} | {'yes' if figure['met'] else 'no'} |")
+              "| figure | measured | goal | met |", "|---|---|---|---|",
+              *_figure_rows(results["supplementary"])]
   header = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
   headline = [r for r in rows if r["seq_len"] == head and r["hidden_fraction"] == 0.9
               and r["batch"] == 1 and r["order"] == "infill"
