@@ -100,8 +100,15 @@ def _absolute(path: epath.Path) -> epath.Path:
   return path if "://" in str(path) else epath.Path(os.path.abspath(path))
 
 
-def _step_dirs_exist(directory: epath.Path) -> bool:
-  return directory.exists() and any(p.name.isdigit() for p in directory.iterdir())
+def latest_step(workdir: str | epath.PathLike) -> int | None:
+  """The newest complete checkpoint step of the run in `workdir`; None if it has none."""
+  if not (epath.Path(workdir) / CHECKPOINT_DIR).is_dir():
+    return None
+  checkpointer = Checkpointer(workdir, read_only=True, async_save=False)
+  try:
+    return checkpointer.latest_step
+  finally:
+    checkpointer.close()
 
 
 class Checkpointer:
@@ -292,7 +299,7 @@ def load_for_inference(workdir: str | epath.PathLike, step: int | None = None
   run = read_run(workdir)
   model_cfg = ModelConfig.from_dict(run["model"])
   tokenizer = Tokenizer.load(workdir / TOKENIZER_FILE)
-  if not _step_dirs_exist(workdir / CHECKPOINT_DIR):
+  if latest_step(workdir) is None:
     raise FileNotFoundError(f"no checkpoint found in {workdir / CHECKPOINT_DIR}")
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.eval_shape(lambda: init_params(model_cfg, jax.random.key(0)))

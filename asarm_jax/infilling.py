@@ -17,8 +17,6 @@ them, so the result is the same as with length exactly L.
 from __future__ import annotations
 
 import dataclasses
-import json
-import pathlib
 import re
 from typing import Any
 
@@ -28,7 +26,7 @@ import numpy as np
 
 from asarm_jax import masks as masks_lib
 from asarm_jax import sampling
-from asarm_jax.model import ModelConfig, init_params
+from asarm_jax.model import ModelConfig
 
 ORDERS = ("infill", "random")
 _SPAN_START = "[MASK"
@@ -172,65 +170,3 @@ def infill_many(params, cfg: ModelConfig, tokenizer, text: str, rng, *, num_samp
 def infill(params, cfg: ModelConfig, tokenizer, text: str, rng, **kwargs) -> Infilled:
   """One completion of `text`; the options are those of `infill_many`."""
   return infill_many(params, cfg, tokenizer, text, rng, num_samples=1, **kwargs)[0]
-
-
-# ----------------------------------------------------------------------------------------------------
-# The command line (sample.py).
-
-
-def random_model(seed: int = 0, *, vocab_size: int = 512) -> tuple[ModelConfig, Any, Any]:
-  """An untrained small model with a tokenizer trained on a few standard-library files.
-
-  For trying the sampler without a training run: its fills are noise.
-  """
-  import collections
-  import string
-  import textwrap
-
-  from asarm_jax.data import train_tokenizer
-
-  texts = [pathlib.Path(module.__file__).read_text(encoding="utf-8")
-           for module in (collections, json.decoder, string, textwrap)]
-  tokenizer = train_tokenizer(texts, vocab_size=vocab_size, seed=seed)
-  cfg = ModelConfig(vocab_size=tokenizer.vocab_size, mask_token_id=tokenizer.mask_id, d_model=64,
-                    n_layers=2, n_heads=2, d_head=32, d_inner=128, max_len=256)
-  return cfg, init_params(cfg, jax.random.key(seed)), tokenizer
-
-
-def sample_command(*, text: str, workdir: str | None = None, random: bool = False, seed: int = 0,
-                   batch: int = 1, as_json: bool = False, **options) -> list[str]:
-  """What `sample.py` prints: infills `text` `batch` times, one block (or JSON line) per sample.
-
-  Args:
-    text: the masked text.
-    workdir: a training run directory (see `checkpoint.load_for_inference`).
-    random: use `random_model(seed)` instead of a workdir.
-    seed: sampling seed.
-    batch: number of samples, drawn in one batched call.
-    as_json: one JSON object per sample instead of text.
-    **options: passed to `infill_many` (method, draft_len, temperature, top_k, top_p, order, ...).
-
-  Raises:
-    ValueError: no model named, or a bad text / option.
-    FileNotFoundError: the workdir has no run, tokenizer or checkpoint.
-  """
-  if random == (workdir is not None):
-    raise ValueError("name exactly one model: --workdir DIR or --random_model")
-  if random:
-    cfg, params, tokenizer = random_model(seed)
-  else:
-    from asarm_jax import checkpoint  # pylint: disable=g-import-not-at-top (orbax is slow to load)
-    cfg, params, tokenizer = checkpoint.load_for_inference(workdir)
-  results = infill_many(params, cfg, tokenizer, text, jax.random.key(seed), num_samples=batch,
-                        **options)
-  lines = []
-  for index, result in enumerate(results):
-    speed = sum(r.num_generated for r in results) / max(result.seconds, 1e-9)
-    if as_json:
-      lines.append(json.dumps({"sample": index, **result.to_json(), "tokens_per_second": speed}))
-    else:
-      lines.append(f"--- sample {index}\n{result.text}\n--- nfe {result.nfe}, rounds "
-                   f"{result.rounds}, accepted {result.accepted}, generated "
-                   f"{result.num_generated} tokens; batch: {speed:.1f} tokens/s "
-                   f"({result.seconds:.3f} s run, {result.compile_seconds:.1f} s compile)")
-  return lines

@@ -95,6 +95,7 @@ from asarm_jax.cache import KVCache
 from asarm_jax.model import ASARM, ModelConfig
 
 METHODS = ("assd", "assd_fused", "sequential")
+DEFAULT_METHOD = "assd"  # what `sample` and the applications use unless told otherwise
 # Private test hooks: deliberately wrong rules, used to show that the exactness tests can fail.
 # Never use them for sampling. "stale_probs" and "always_keep_first" break fused rounds only.
 _VARIANTS = ("exact", *speculation.WRONG_ACCEPTANCE, "stale_probs", "always_keep_first")
@@ -495,7 +496,7 @@ def _prefill_rows(num_prompt: np.ndarray, length: int) -> int:
   return min(1 << (longest - 1).bit_length(), length)
 
 
-def _prepare(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, *, method: str = "assd",
+def _prepare(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, *, method: str = DEFAULT_METHOD,
              draft_len: int = 5, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              banned_ids: Sequence[int] = (), num_valid=None, use_cache: bool = True,
              adaptive: bool = False, _variant: str = "exact"):
@@ -558,7 +559,7 @@ def _prepare(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, *, method
   return args, static
 
 
-def sample(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, *, method: str = "assd",
+def sample(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, *, method: str = DEFAULT_METHOD,
            draft_len: int = 5, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
            banned_ids: Sequence[int] = (), num_valid=None, use_cache: bool = True,
            adaptive: bool = False, _variant: str = "exact") -> SampleOutput:

@@ -1,7 +1,7 @@
 """Bad inputs to every public entry point are refused with an error that names the argument.
 
 Two tables:
-- LIBRARY_ROWS: one call each (sampling.sample, infilling.infill / sample_command,
+- LIBRARY_ROWS: one call each (sampling.sample, infilling.infill,
   masks.validate_order, ModelConfig, convert_hf.load_hf_xlnet, Tokenizer.load, SamplingConfig), the
   exception type it must raise and a regex its message must match; the regex names the argument
   and, where there is a short list or range of allowed values, those.
@@ -225,7 +225,7 @@ LIBRARY_ROWS = [
         r"of shape \(2,\) .* \(B, 2\)\); got an array of dtype uint32 and shape \(5,\)"),
     Row("sample/rng_raw_rows_bad_shape", lambda e: _sample(e, rng=np.zeros((2, 5), np.uint32)),
         ValueError, r"rng must be a PRNG key: .*got an array of dtype uint32 and shape \(2, 5\)"),
-    # infilling.infill / sample_command.
+    # infilling.infill.
     Row("infill/unclosed_mask", lambda e: _infill(e, "x = [MASK"), ValueError,
         r"unclosed mask span .*spans are \[MASK\] or \[MASK\*n\]"),
     Row("infill/mask*0", lambda e: _infill(e, "x = [MASK*0]"), ValueError,
@@ -251,11 +251,6 @@ LIBRARY_ROWS = [
         r"temperature must be a finite number >= 0"),
     Row("infill/unknown_option", lambda e: _infill(e, "x = [MASK]", temprature=0.5), TypeError,
         r"temprature"),
-    Row("sample_command/no_model", lambda e: infilling.sample_command(text="x = [MASK]"),
-        ValueError, r"name exactly one model: --workdir DIR or --random_model"),
-    Row("sample_command/empty_workdir",
-        lambda e: infilling.sample_command(text="x = [MASK]", workdir=str(e.tmp)),
-        FileNotFoundError, r"run\.json not found: .* is not a training run directory"),
     # masks.validate_order.
     Row("validate_order/1d", lambda e: masks.validate_order(np.arange(4), 1), ValueError,
         r"ranks must have shape \[batch, length\]; got shape \(4,\)"),
@@ -428,13 +423,26 @@ CLI_ROWS = [
            files=(("workdir/run.json", json.dumps(_RUN_ONLY)),)),
     CliRow("sample.py/bad_method",
            ("sample.py", "--random_model", "--method", "beam", "--text", "x = [MASK]"),
-           r"flag --method=beam: value should be one of <assd\|sequential>"),
+           r"flag --method=beam: value should be one of <assd\|assd_fused\|sequential>"),
     CliRow("sample.py/negative_temperature",
            ("sample.py", "--random_model", "--temperature=-1", "--text", "x = [MASK]"),
            r"flag --temperature=-1\.0: must be >= 0"),
     CliRow("sample.py/bad_text",
            ("sample.py", "--random_model", "--text", "x = [MASK*0]", "--json"),
            r"flag --text=.*'\[MASK\*0\]' .*n must be >= 1"),
+    CliRow("sample.py/invalid_utf8_text",
+           ("sample.py", "--random_model", "--text", "x = \udcff [MASK]"),
+           r"flag --text=.*is not valid UTF-8"),
+    CliRow("train.py/no_flags", ("train.py",),
+           r"train\.py needs --config FILE and --workdir DIR"),
+    CliRow("train.py/missing_config_file",
+           ("train.py", "--config", "{d}/nope.py", "--workdir", "{d}/workdir"),
+           r"--config .*nope\.py: cannot load the config file: .*No such file"),
+    CliRow("train.py/override_not_a_number", _train("--config.num_train_steps=abc"),
+           r"flag --config\.num_train_steps=abc: invalid literal for int"),
+    CliRow("train.py/config_key_typo", _train("--config.num_train_step=3"),
+           r"^error: --config\.num_train_step: unknown config key 'num_train_step'; did you mean "
+           r"'num_train_steps'\?$"),
     CliRow("train.py/unknown_config_key", _train("--config.nonexistent=1"),
            r"(?i)(unknown|no such|not a).*nonexistent|nonexistent.*(unknown|no such|not a)"),
     CliRow("train.py/batch_not_divisible_by_mesh",
@@ -553,6 +561,26 @@ def test_cli_refuses_and_leaves_no_files(row: CliRow, cli_results):
   assert not result.stdout.strip(), f"printed a result: {result.stdout[:500]}"
   assert result.after == result.before, (
       f"files changed: before {result.before}, after {result.after}")
+
+
+@pytest.mark.parametrize("row", [pytest.param(row, id=row.name) for row in CLI_ROWS
+                                 if not row.name.startswith("evals/")])
+def test_cli_mistake_is_one_line_and_status_2(row: CliRow, cli_results):
+  result = cli_results[row.name]
+  lines = [line for line in result.stderr.splitlines()
+           if line.strip() and not _LOG_LINE.match(line)]
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("script", ["train.py", "sample.py"])
+def test_cli_help_exits_0_and_lists_the_flags(script):
+  done = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True,
+                        text=True, timeout=CLI_TIMEOUT_S, cwd=ROOT)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "--workdir" in done.stdout
+  if script == "train.py":
+    assert "--config.KEY=value" in done.stdout
 
 
 @pytest.mark.parametrize("row", _cli_params("traceback_xfail"))

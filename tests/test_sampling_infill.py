@@ -7,14 +7,16 @@ import sys
 import jax
 import pytest
 
-from asarm_jax import infilling, sampling
+from asarm_jax import infilling
+from asarm_jax import sampling
+from asarm_jax.cli import sample as sample_cli
 
 TEXT = "def add(a, b):\n    return [MASK*3] + b\n# [MASK] done[MASK*2]"
 
 
 @pytest.fixture(scope="module")
 def model():
-  return infilling.random_model(0)
+  return sample_cli.random_model(0)
 
 
 @pytest.mark.parametrize("text, parts", [
@@ -105,23 +107,18 @@ def test_greedy_is_the_same_for_both_methods(model):
   assert sequential.nfe == 6 and assd.nfe <= 6
 
 
-def test_sample_command_json(model, monkeypatch):
-  monkeypatch.setattr(infilling, "random_model", lambda seed: model)
-  lines = infilling.sample_command(text=TEXT, random=True, batch=2, as_json=True, draft_len=4)
+def test_format_results_json_and_text(model):
+  cfg, params, tokenizer = model
+  results = infilling.infill_many(params, cfg, tokenizer, TEXT, jax.random.key(0), num_samples=2,
+                                  draft_len=4)
+  lines = sample_cli.format_results(results, as_json=True)
   assert len(lines) == 2
   for index, line in enumerate(lines):
     record = json.loads(line)
     assert record["sample"] == index and record["nfe"] <= record["num_generated"] == 6
     assert record["tokens_per_second"] > 0
-  text_lines = infilling.sample_command(text=TEXT, random=True, batch=1)
+  text_lines = sample_cli.format_results(results[:1], as_json=False)
   assert "nfe" in text_lines[0] and "tokens/s" in text_lines[0]
-
-
-def test_sample_command_needs_one_model():
-  with pytest.raises(ValueError, match="workdir"):
-    infilling.sample_command(text=TEXT)
-  with pytest.raises(ValueError, match="workdir"):
-    infilling.sample_command(text=TEXT, workdir="/x", random=True)
 
 
 def test_sample_py_without_checkpoint_fails_clearly(tmp_path):

@@ -1,0 +1,118 @@
+"""Fills the [MASK] / [MASK*n] spans of a text with a trained AS-ARM.
+
+python sample.py --workdir runs/default --text $'def add(a, b):\n    return [MASK*4]\n' \
+    [--method assd_fused] [--draft_len 5] [--temperature 0.8] [--seed 0] [--batch 4] [--json]
+python sample.py --random_model --text '...'   # an untrained model, to try the sampler
+"""
+from __future__ import annotations
+
+import collections
+import json
+import pathlib
+import string
+import textwrap
+from typing import Any
+
+import jax
+from absl import flags
+
+from asarm_jax import checkpoint
+from asarm_jax import infilling
+from asarm_jax import sampling
+from asarm_jax.cli import common
+from asarm_jax.data import train_tokenizer
+from asarm_jax.model import ModelConfig, init_params
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory to load the model from.")
+_RANDOM_MODEL = flags.DEFINE_bool("random_model", False,
+                                  "Use an untrained small model instead of --workdir.")
+_TEXT = flags.DEFINE_string("text", None, "Text with [MASK] or [MASK*n] spans.")
+_METHOD = flags.DEFINE_enum("method", sampling.DEFAULT_METHOD, list(sampling.METHODS),
+                            "Sampler (all are exact).")
+_DRAFT_LEN = flags.DEFINE_integer("draft_len", 5, "ASSD drafts per round (k).")
+_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature; 0 is greedy.")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0 = off).")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus mass in (0, 1] (1 = off).")
+_ORDER = flags.DEFINE_enum("order", "infill", list(infilling.ORDERS), "Generation order.")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (also the random order's seed).")
+_BATCH = flags.DEFINE_integer("batch", 1, "Samples, drawn in one batched call.")
+_JSON = flags.DEFINE_bool("json", False, "Print one JSON object per sample.")
+
+# Checked while parsing the flags, before any model is loaded; the error names the flag.
+flags.register_validator("temperature", lambda t: t >= 0, "must be >= 0 (0 is greedy)")
+flags.register_validator("top_p", lambda p: 0 < p <= 1, "must be in (0, 1] (1 = off)")
+flags.register_validator("top_k", lambda k: k >= 0, "must be >= 0 (0 = off)")
+flags.register_validator("draft_len", lambda k: k >= 1, "must be >= 1")
+flags.register_validator("batch", lambda b: b >= 1, "must be >= 1")
+flags.register_multi_flags_validator(
+    ["workdir", "random_model"],
+    lambda values: values["random_model"] != (values["workdir"] is not None),
+    "name exactly one model: --workdir DIR or --random_model")
+
+
+def _check_text(text: str | None) -> bool:
+  if text is None:
+    raise flags.ValidationError("is required: the text to fill, with [MASK] or [MASK*n] spans")
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError as error:
+    raise flags.ValidationError(f"is not valid UTF-8 (byte {error.start})") from None
+  try:
+    infilling.parse_masked_text(text)
+  except ValueError as error:
+    raise flags.ValidationError(str(error)) from error
+  return True
+
+
+flags.register_validator("text", _check_text)
+
+
+def random_model(seed: int = 0, *, vocab_size: int = 512) -> tuple[ModelConfig, Any, Any]:
+  """An untrained small model with a tokenizer trained on a few standard-library files.
+
+  For trying the sampler without a training run: its fills are noise.
+  """
+  texts = [pathlib.Path(module.__file__).read_text(encoding="utf-8")
+           for module in (collections, json.decoder, string, textwrap)]
+  tokenizer = train_tokenizer(texts, vocab_size=vocab_size, seed=seed)
+  cfg = ModelConfig(vocab_size=tokenizer.vocab_size, mask_token_id=tokenizer.mask_id, d_model=64,
+                    n_layers=2, n_heads=2, d_head=32, d_inner=128, max_len=256)
+  return cfg, init_params(cfg, jax.random.key(seed)), tokenizer
+
+
+def format_results(results: list[infilling.Infilled], *, as_json: bool) -> list[str]:
+  """One text block (or JSON line) per sample, with its cost and the batch's speed."""
+  speed = sum(r.num_generated for r in results) / max(results[0].seconds, 1e-9)
+  lines = []
+  for index, result in enumerate(results):
+    if as_json:
+      lines.append(json.dumps({"sample": index, **result.to_json(), "tokens_per_second": speed}))
+    else:
+      lines.append(f"--- sample {index}\n{result.text}\n--- nfe {result.nfe}, rounds "
+                   f"{result.rounds}, accepted {result.accepted}, generated "
+                   f"{result.num_generated} tokens; batch: {speed:.1f} tokens/s "
+                   f"({result.seconds:.3f} s run, {result.compile_seconds:.1f} s compile)")
+  return lines
+
+
+def main():
+  """Loads the model, infills --text --batch times and prints the samples."""
+  common.quiet_library_logs()
+  if _RANDOM_MODEL.value:
+    cfg, params, tokenizer = random_model(_SEED.value)
+  else:
+    try:
+      cfg, params, tokenizer = checkpoint.load_for_inference(_WORKDIR.value)
+    except FileNotFoundError as error:
+      common.fail(f"--workdir {_WORKDIR.value}: {error}")
+  results = infilling.infill_many(
+      params, cfg, tokenizer, _TEXT.value, jax.random.key(_SEED.value), num_samples=_BATCH.value,
+      order=_ORDER.value, order_seed=_SEED.value, method=_METHOD.value,
+      draft_len=_DRAFT_LEN.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
+      top_p=_TOP_P.value)
+  print("\n".join(format_results(results, as_json=_JSON.value)))
+
+
+def run():
+  """The `sample.py` entry point."""
+  common.run(main, module_name=__name__, summary=__doc__)
