@@ -556,27 +556,34 @@ def _run_summary(run: run_config.RunConfig, model_cfg: ModelConfig,
 
 
 class _StopSignal:
-  """Within the block, SIGTERM sets `received` (the signal number) instead of killing the process;
-  the loop checkpoints and stops at the next step boundary. Only the main thread can install
-  handlers; elsewhere this is a no-op."""
+  """Within the block, SIGTERM and SIGINT (Ctrl-C) set `received` (the signal number) instead of
+  killing the process; the loop checkpoints and stops at the next step boundary. A second signal
+  acts as it would outside the block (Ctrl-C twice interrupts at once). Only the main thread can
+  install handlers; elsewhere this is a no-op."""
+
+  _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.received: int | None = None
-    self._previous = None
+    self._previous: dict[int, Any] = {}
 
   def _handle(self, signum, frame):
     del frame
     self.received = signum
+    self._restore()
+
+  def _restore(self):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous = {}
 
   def __enter__(self) -> "_StopSignal":
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._previous = {signum: signal.signal(signum, self._handle) for signum in self._SIGNALS}
     return self
 
   def __exit__(self, *exc_info):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    self._restore()
 
 
 def _check_finite(run: run_config.RunConfig, interval_metrics: TrainMetrics,
@@ -650,6 +657,7 @@ def _train_loop(run: run_config.RunConfig, trainer: Trainer, state: TrainState,
         logging.warning("Received signal %d: wrote the checkpoint of step %d and stopped",
                         stop_signal.received, done)
         results["train/preempted_at_step"] = float(done)
+        results["train/stop_signal"] = float(stop_signal.received)
         break
       if eval_batches and (done % run.eval_every_steps == 0 or done == run.num_train_steps):
         eval_start = time.perf_counter()

@@ -205,6 +205,27 @@ def test_sigterm_checkpoints_the_step_reached_and_resumes_exactly(long_run, tmp_
   _assert_same_params(workdir, long_run)
 
 
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_says_so_and_the_next_run_says_where_it_resumes(tmp_path):
+  workdir = str(tmp_path / "run")
+  command = _train_command(tmp_path, workdir, LONG)
+  process = _start_train(tmp_path, command)
+  _wait_for_step(process, workdir, 2, tmp_path)
+  process.send_signal(signal.SIGINT)
+  process.wait(timeout=120)
+  assert process.returncode == 130, _log_tail(tmp_path)
+  reached = max(_losses(workdir))
+  assert reached < LONG_STEPS, "the run ended before the signal: make it longer"
+  assert _step_dirs(workdir)[-1] == reached
+  log = _log_tail(tmp_path)
+  assert f"Stopped by SIGINT at step {reached}: its checkpoint is written" in log
+  assert "Traceback" not in log and "KeyboardInterrupt" not in log
+
+  _run_train(tmp_path, command)
+  assert f"Resuming {workdir} from its checkpoint of step {reached}." in _log_tail(tmp_path)
+  assert sorted(_losses(workdir)) == list(range(1, LONG_STEPS + 1))
+
+
 def test_sigkill_at_a_random_step_then_the_same_command_ends_as_an_uninterrupted_run(tmp_path):
   kill_step = int(np.random.default_rng(KILL_SEED).integers(1, KILL_STEPS // 2))
   straight, workdir = str(tmp_path / "straight"), str(tmp_path / "run")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from asarm_jax import main_job
+from asarm_jax.evals import report
 from asarm_jax.data import StdlibCorpus
 from asarm_jax.data import train_tokenizer
 from train_helpers import tiny_config
@@ -94,3 +95,17 @@ def test_pick_snippets_and_hide():
   assert main_job.hide(10, 0.99, seed=0).sum() == 9  # never all
   assert main_job.hide(10, 0.01, seed=0).sum() == 1  # never none
   assert not np.array_equal(hidden, main_job.hide(40, 0.5, seed=2))
+
+
+def test_summary_table_says_why_when_assd_is_slower():
+  def result(method, nfe, seconds):
+    stats = report.SamplingStats(method=method, draft_len=5 if method == "assd" else 1, rows=1,
+                                 tokens=20, nfe=nfe, rounds=nfe, seconds=seconds)
+    return dict(rate=0.5, method=method, draft_len=stats.draft_len, stats=stats,
+                snippets=[dict(token_matches=3)])
+
+  slower, _ = main_job.summary_table([result("sequential", 20, 1.0), result("assd", 10, 2.0)])
+  assert ("50% hidden: assd k=5 is 0.50x sequential in wall-clock although it needs 2.00x fewer "
+          "forwards") in slower
+  faster, _ = main_job.summary_table([result("sequential", 20, 2.0), result("assd", 10, 1.0)])
+  assert "although" not in faster
