@@ -49,6 +49,8 @@ def train(config, workdir: str, *, retrain: bool = False) -> dict[str, Any]:
 
   run = run_config.parse(config)
   path = pathlib.Path(workdir)
+  if path.exists() and not path.is_dir():
+    raise NotADirectoryError(f"{workdir} is a file, not a run directory")
   if retrain and path.exists():
     if not (path / checkpoint.RUN_FILE).exists():
       raise ValueError(f"--retrain: {workdir} exists but holds no run.json; refusing to delete "
@@ -286,6 +288,8 @@ def _define_flags():
 def main(argv, flags_):
   from absl import logging  # pylint: disable=g-import-not-at-top
 
+  from asarm_jax.cli import common  # pylint: disable=g-import-not-at-top
+
   if len(argv) > 1:
     raise SystemExit(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
@@ -305,8 +309,8 @@ def main(argv, flags_):
     run(config, flags_.workdir, retrain=flags_.retrain, num_snippets=flags_.num_snippets,
         snippet_tokens=flags_.snippet_tokens, rates=rates, draft_len=flags_.draft_len,
         temperature=flags_.temperature, seed=flags_.seed)
-  except (ValueError, FileNotFoundError) as error:
-    raise SystemExit(f"error: {error}") from None
+  except common.USER_ERRORS as error:
+    common.fail(f"--workdir {flags_.workdir}: {error}" if isinstance(error, OSError) else error)
 
 
 if __name__ == "__main__":

@@ -187,43 +187,30 @@ def long_run(tmp_path_factory):
   return workdir
 
 
-@pytest.mark.slow  # about 100 s on 2 cores with the uninterrupted run
-def test_sigterm_checkpoints_the_step_reached_and_resumes_exactly(long_run, tmp_path):
-  workdir = str(tmp_path / "run")
-  process = _start_train(tmp_path, _train_command(tmp_path, workdir, LONG))
-  _wait_for_step(process, workdir, 2, tmp_path)
-  process.send_signal(signal.SIGTERM)
-  process.wait(timeout=120)
-  assert process.returncode == 0, _log_tail(tmp_path)
-  reached = max(_losses(workdir))
-  assert reached < LONG_STEPS, "the run ended before the signal: make it longer"
-  assert _step_dirs(workdir)[-1] == reached  # the final checkpoint is the step reached
-  assert sorted(_losses(workdir)) == list(range(1, reached + 1))
-
-  train_lib.train_and_evaluate(train_helpers.tiny_config(**LONG), workdir)  # the same command
-  assert _losses(workdir) == _losses(long_run)  # bitwise, every step
-  _assert_same_params(workdir, long_run)
-
-
-@pytest.mark.slow
-def test_ctrl_c_checkpoints_says_so_and_the_next_run_says_where_it_resumes(tmp_path):
+@pytest.mark.slow  # about 100 s each on 2 cores with the uninterrupted run
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_a_stop_signal_checkpoints_the_step_reached_and_the_same_command_resumes_exactly(
+    long_run, tmp_path, signum, status):
   workdir = str(tmp_path / "run")
   command = _train_command(tmp_path, workdir, LONG)
   process = _start_train(tmp_path, command)
   _wait_for_step(process, workdir, 2, tmp_path)
-  process.send_signal(signal.SIGINT)
+  process.send_signal(signum)  # SIGINT is Ctrl-C
   process.wait(timeout=120)
-  assert process.returncode == 130, _log_tail(tmp_path)
+  assert process.returncode == status, _log_tail(tmp_path)
   reached = max(_losses(workdir))
   assert reached < LONG_STEPS, "the run ended before the signal: make it longer"
-  assert _step_dirs(workdir)[-1] == reached
+  assert _step_dirs(workdir)[-1] == reached  # the final checkpoint is the step reached
+  assert sorted(_losses(workdir)) == list(range(1, reached + 1))
   log = _log_tail(tmp_path)
-  assert f"Stopped by SIGINT at step {reached}: its checkpoint is written" in log
+  assert (f"Stopped by {signal.Signals(signum).name} at step {reached}: its checkpoint is "
+          "written") in log
   assert "Traceback" not in log and "KeyboardInterrupt" not in log
 
-  _run_train(tmp_path, command)
+  _run_train(tmp_path, command)  # the same command
   assert f"Resuming {workdir} from its checkpoint of step {reached}." in _log_tail(tmp_path)
-  assert sorted(_losses(workdir)) == list(range(1, LONG_STEPS + 1))
+  assert _losses(workdir) == _losses(long_run)  # bitwise, every step
+  _assert_same_params(workdir, long_run)
 
 
 def test_sigkill_at_a_random_step_then_the_same_command_ends_as_an_uninterrupted_run(tmp_path):

@@ -74,6 +74,11 @@ def test_main_job_end_to_end(tmp_path, capsys):
 def test_main_job_rejects_bad_rates_and_foreign_dirs(tmp_path):
   result = _run(["--workdir", str(tmp_path / "run"), "--rates", "0.5,1.5"], cwd=tmp_path)
   assert result.returncode != 0 and "--rates must lie in (0, 1)" in result.stderr
+  (tmp_path / "afile").write_text("not a run")
+  result = _run(["--workdir", str(tmp_path / "afile")], cwd=tmp_path)
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"error: --workdir {tmp_path / 'afile'}: {tmp_path / 'afile'} is a file, not a run directory")
   (tmp_path / "notarun").mkdir()
   (tmp_path / "notarun" / "precious.txt").write_text("keep me")
   with pytest.raises(ValueError, match="refusing to delete"):
