@@ -131,11 +131,12 @@ def infill_snippets(params, cfg, tokenizer, snippets: list[dict[str, Any]], *, r
   """Both samplers at every rate, all snippets in one batch: one result dict per (rate, method)."""
   import jax  # pylint: disable=g-import-not-at-top
 
+  from asarm_jax import infilling  # pylint: disable=g-import-not-at-top
   from asarm_jax.evals import span_infill  # pylint: disable=g-import-not-at-top
 
   results = []
   for rate in rates:
-    examples = [span_infill.Example(np.asarray(s["tokens"], np.int32),
+    examples = [infilling.Example(np.asarray(s["tokens"], np.int32),
                                     hide(len(s["tokens"]), rate, seed + 1000 * i))
                 for i, s in enumerate(snippets)]
     for method in ("sequential", "assd"):

@@ -23,6 +23,7 @@ import math
 from typing import Callable
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -184,17 +185,15 @@ class RelativeAttention(nn.Module):
     dt = self.cfg.compute_dtype
     return jnp.einsum("tm,mhd->htd", table.astype(dt), self.r.astype(dt))
 
-  def __call__(self, x: jax.Array, positions: jax.Array, keys: jax.Array, values: jax.Array,
-               mask: jax.Array, rel_keys: jax.Array, *, deterministic: bool) -> jax.Array:
-    """Attends rows x [B, R, M] at `positions` [B, R] over keys [B, H, D, N] and values [B, H, N, D]
-    under mask [B, R, N].
+  def __call__(self, x: jax.Array, rows: "RowLayout", keys: jax.Array, values: jax.Array,
+               rel_keys: jax.Array, *, deterministic: bool) -> jax.Array:
+    """Attends rows x [B, R, M] laid out by `rows` over keys [B, H, D, N] and values [B, H, N, D].
 
     `rel_keys` [H, 2N-1, D] are this layer's `relative_keys`. Returns the post-LN residual output
     [B, R, M].
     """
     cfg = self.cfg
     dt = cfg.compute_dtype
-    length = values.shape[2]
     q = self._project(x, self.q)  # [B, H, R, D]
     content_score = jnp.einsum("bhrd,bhdn->bhrn", q + self.r_w_bias.astype(dt)[:, None], keys,
                                preferred_element_type=jnp.float32)  # [B, H, R, N]
@@ -203,19 +202,35 @@ class RelativeAttention(nn.Module):
     by_distance = jnp.einsum("bhrd,htd->bhrt",
                              (q + self.r_r_bias.astype(dt)[:, None]).astype(jnp.float32),
                              rel_keys.astype(jnp.float32))  # [B, H, R, 2N-1]
-    # Column t of the table holds distance N - 1 - t, so distance i - j sits at t = N - 1 - i + j.
-    column = (length - 1) - positions[:, :, None] + jnp.arange(length)[None, None, :]  # [B, R, N]
-    column = jnp.clip(column, 0, 2 * length - 2)
-    position_score = jnp.take_along_axis(by_distance, column[:, None], axis=-1)  # [B, H, R, N]
-    scores = (content_score + position_score) * (cfg.d_head ** -0.5)
-    scores = jnp.where(mask[:, None], scores, _MASKED_SCORE)
+    position_score = jnp.take_along_axis(by_distance, rows.columns, axis=-1)  # [B, H, R, N]
+    scores = (content_score + position_score) * (cfg.d_head ** -0.5) + rows.score_bias
     probs = jax.nn.softmax(scores, axis=-1)
-    probs = jnp.where(jnp.any(mask, axis=-1)[:, None, :, None], probs, 0.0)  # empty rows -> 0
+    probs = jnp.where(rows.attends, probs, 0.0)  # rows with no visible key -> 0
     probs = self.dropout(probs, deterministic=deterministic)
     attended = jnp.einsum("bhrn,bhnd->bhrd", probs.astype(dt), values)  # [B, H, R, D]
     out = jnp.einsum("bhrd,mhd->brm", attended, self.o.astype(dt))  # [B, R, M]
     out = self.dropout(out, deterministic=deterministic)
     return self.layer_norm(out + x.astype(dt))
+
+
+@flax.struct.dataclass
+class RowLayout:
+  """What every layer's attention needs to know about the rows of a forward, built once per forward
+  (`RowLayout.of`) instead of once per layer."""
+  columns: jax.Array     # int32 [B, 1, R, N]: column of the relative table for row r and key n
+  score_bias: jax.Array  # float32 [B, 1, R, N]: 0 where row r may attend to key n, else -1e30
+  attends: jax.Array     # bool [B, 1, R, 1]: the row may attend to at least one key
+
+  @classmethod
+  def of(cls, positions: jax.Array, mask: jax.Array) -> "RowLayout":
+    """Rows at `positions` [B, R] with visibility `mask` [B, R, N]."""
+    length = mask.shape[-1]
+    # Column t of the relative table holds distance N - 1 - t (`relative_table`), so distance
+    # i - j sits at t = N - 1 - i + j.
+    columns = (length - 1) - positions[:, :, None] + jnp.arange(length)[None, None, :]  # [B, R, N]
+    return cls(columns=jnp.clip(columns, 0, 2 * length - 2)[:, None],
+               score_bias=jnp.where(mask, 0.0, _MASKED_SCORE)[:, None].astype(jnp.float32),
+               attends=jnp.any(mask, axis=-1)[:, None, :, None])
 
 
 class FeedForward(nn.Module):
@@ -251,14 +266,14 @@ class TwoStreamLayer(nn.Module):
   def relative_keys(self, table: jax.Array) -> jax.Array:
     return self.attention.relative_keys(table)
 
-  def __call__(self, h, content_positions, content_mask, g, query_positions, query_mask,
-               layer_keys, layer_values, rel_keys, *, full: bool, deterministic: bool):
+  def __call__(self, h, content_positions, g, rows: RowLayout, layer_keys, layer_values,
+               rel_keys, *, full: bool, deterministic: bool):
     """Advances content rows h [B, S, M] and query rows g [B, Q, M] by one layer.
 
-    Keys/values of the new content rows are written at `content_positions` (out-of-range positions are
-    dropped); with `full=True` the rows are all N positions in order and replace the keys/values.
-    Both streams go through the shared weights as one block of S + Q rows (they attend over the same
-    keys, and everything else is row-wise).
+    `rows` lays out the S + Q rows (content first). Keys/values of the new content rows are written
+    at `content_positions` (out-of-range positions are dropped); with `full=True` the rows are all N
+    positions in order and replace the keys/values. Both streams go through the shared weights as
+    one block of S + Q rows (they attend over the same keys, and everything else is row-wise).
 
     Returns (h [B, S, M], g [B, Q, M], keys [B, H, D, N], values [B, H, N, D]).
     """
@@ -266,16 +281,14 @@ class TwoStreamLayer(nn.Module):
     if full:
       keys, values = new_keys, new_values
     else:
-      rows = jnp.arange(h.shape[0])[:, None]
-      keys = layer_keys.at[rows, :, :, content_positions].set(
+      batch_rows = jnp.arange(h.shape[0])[:, None]
+      keys = layer_keys.at[batch_rows, :, :, content_positions].set(
           new_keys.transpose(0, 3, 1, 2).astype(layer_keys.dtype), mode="drop")
-      values = layer_values.at[rows, :, content_positions].set(
+      values = layer_values.at[batch_rows, :, content_positions].set(
           new_values.transpose(0, 2, 1, 3).astype(layer_values.dtype), mode="drop")
     num_content = h.shape[1]
     x = jnp.concatenate([h, g.astype(h.dtype)], axis=1)  # [B, S + Q, M]
-    positions = jnp.concatenate([content_positions, query_positions], axis=1)  # [B, S + Q]
-    mask = jnp.concatenate([content_mask, query_mask], axis=1)  # [B, S + Q, N]
-    x = self.attention(x, positions, keys, values, mask, rel_keys, deterministic=deterministic)
+    x = self.attention(x, rows, keys, values, rel_keys, deterministic=deterministic)
     x = self.ff(x, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     return x[:, :num_content], x[:, num_content:], keys, values
@@ -385,13 +398,14 @@ class ASARM(nn.Module):
       rel_keys = cache.relative_keys
     else:
       rel_keys = self._relative_keys(length, deterministic=deterministic)
+    rows = RowLayout.of(jnp.concatenate([content_positions, query_positions], axis=1),
+                        jnp.concatenate([content_mask, query_mask], axis=1))  # S + Q rows
     keys, values = [], []
     for index, layer in enumerate(self.layers):
       layer_keys = None if cache is None else cache.keys[index]
       layer_values = None if cache is None else cache.values[index]
-      h, g, k, v = layer(h, content_positions, content_mask, g, query_positions, query_mask,
-                         layer_keys, layer_values, rel_keys[index], full=cache is None,
-                         deterministic=deterministic)
+      h, g, k, v = layer(h, content_positions, g, rows, layer_keys, layer_values, rel_keys[index],
+                         full=cache is None, deterministic=deterministic)
       keys.append(k)
       values.append(v)
     g = self.dropout(g, deterministic=deterministic)
@@ -420,3 +434,19 @@ def param_logical_axes(cfg: ModelConfig) -> dict:
 def empty_cache(cfg: ModelConfig, batch: int, length: int) -> KVCache:
   """A zero KVCache sized for this model."""
   return KVCache.zeros(cfg.n_layers, batch, length, cfg.n_heads, cfg.d_head, cfg.compute_dtype)
+
+
+def cast_for_inference(cfg: ModelConfig, params: dict, dtype: str) -> tuple[ModelConfig, dict]:
+  """The same model stored and computed in `dtype` ("float32" or "bfloat16"): (config, params).
+
+  With "bfloat16" the weights and the sampler's cache take half the memory and half the bytes a
+  forward reads; attention scores, softmax, the relative-position product and the LM head stay in
+  float32. It is a different model from the float32 one (its logits differ by bfloat16 rounding),
+  and every sampler draws exactly from *its* law.
+  """
+  if dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"inference dtype must be 'float32' or 'bfloat16'; got {dtype!r}")
+  cast = dataclasses.replace(cfg, dtype=dtype, param_dtype=dtype)
+  store = cast.storage_dtype
+  return cast, jax.tree_util.tree_map(
+      lambda x: x.astype(store) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)

@@ -43,6 +43,19 @@ class SamplingConfig:
   banned_ids: tuple[int, ...] = ()
 
   def __post_init__(self):
+    for name in ("temperature", "top_p"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number; got {value!r}")
+      object.__setattr__(self, name, float(value))
+    if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, np.integer)):
+      raise ValueError(f"top_k must be an integer (0 = off), got {self.top_k!r}")
+    object.__setattr__(self, "top_k", int(self.top_k))
+    if not math.isfinite(self.temperature) or self.temperature < 0:
+      raise ValueError(
+          f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}")
+    if not 0 < self.top_p <= 1:  # Also rejects NaN.
+      raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
     # Accept any iterable of ids but store a sorted tuple, so equal configs hash equally.
     try:
       ids = {int(i) for i in self.banned_ids}
@@ -56,16 +69,10 @@ class SamplingConfig:
     return self.temperature == 0
 
   def validate(self, vocab_size: int) -> None:
-    """Raises ValueError, naming the offending argument, if unusable with `vocab_size` tokens."""
-    if not math.isfinite(self.temperature) or self.temperature < 0:
-      raise ValueError(
-          f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}")
-    if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, np.integer)):
-      raise ValueError(f"top_k must be an int in [0, {vocab_size}] (0 = off), got {self.top_k!r}")
+    """Raises ValueError, naming the offending argument, if unusable with `vocab_size` tokens (the
+    checks that need V; the others ran when the config was made)."""
     if not 0 <= self.top_k <= vocab_size:
       raise ValueError(f"top_k must be in [0, {vocab_size}] (0 = off), got {self.top_k}")
-    if not 0 < self.top_p <= 1:  # Also rejects NaN.
-      raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
     bad = [i for i in self.banned_ids if not 0 <= i < vocab_size]
     if bad:
       raise ValueError(f"banned_ids must lie in [0, {vocab_size}), got out-of-range ids {bad}")
@@ -123,14 +130,13 @@ def probabilities(logits: jax.Array, cfg: SamplingConfig) -> jax.Array:
 
   Args:
     logits: [..., V] any float dtype; computed in float32.
-    cfg: static sampling configuration (validated here against V at trace time).
+    cfg: static sampling configuration, validated against V (`SamplingConfig.validate`).
 
   Returns:
     [..., V] float32 probabilities summing to 1 over the last axis, exactly 0 on banned and
     truncated tokens.
   """
   vocab_size = logits.shape[-1]
-  cfg.validate(vocab_size)
   logits = logits.astype(jnp.float32)  # [..., V]
   if cfg.banned_ids:
     banned = np.zeros(vocab_size, dtype=bool)

@@ -69,6 +69,11 @@ NFE accounting (forward passes a row needs; a batched forward counts once for ev
 that ended in a rejection); `drafted` counts the draft slots the rounds put to use (sum of m), so
 drafted / rounds is the mean draft length.
 
+API: `Sampler.create(cfg, method=..., draft_len=..., temperature=...)` validates the static choices
+once and returns a frozen, hashable `Sampler`; calling it on params and a batch validates the batch
+(`Sampler.batch`) and runs one jitted program (`_run`) per sampler and batch shape. `sample` is the
+one-call form.
+
 Batches are ragged: every row has its own prompt length, `num_valid` and progress; the loop runs
 while any row is unfinished, and a finished row's state is carried through unchanged (bitwise). Each
 row owns a PRNG stream (split from `rng`), consumed only while the row is active, so a row's result
@@ -78,6 +83,7 @@ for token.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Sequence
@@ -96,9 +102,7 @@ from asarm_jax.model import ASARM, ModelConfig
 
 METHODS = ("assd", "assd_fused", "sequential")
 DEFAULT_METHOD = "assd"  # what `sample` and the applications use unless told otherwise
-# Private test hooks: deliberately wrong rules, used to show that the exactness tests can fail.
-# Never use them for sampling. "stale_probs" and "always_keep_first" break fused rounds only.
-_VARIANTS = ("exact", *speculation.WRONG_ACCEPTANCE, "stale_probs", "always_keep_first")
+DEFAULT_DRAFT_LEN = 5    # k, likewise
 
 
 @flax.struct.dataclass
@@ -109,6 +113,13 @@ class SampleOutput:
   rounds: jax.Array    # int32 [B]: loop iterations the row was active (== nfe for sequential)
   accepted: jax.Array  # int32 [B]: drafts kept, outright ones included (0 for sequential)
   drafted: jax.Array   # int32 [B]: draft slots the rounds used, sum of m (0 for sequential)
+
+  @property
+  def idle_fraction(self) -> float:
+    """The share of the batch's row-iterations spent on rows already finished: a ragged batch
+    loops until its slowest row is done (0 for one row, or rows that finish together)."""
+    rounds = np.asarray(self.rounds)
+    return float(1.0 - rounds.sum() / max(rounds.size * rounds.max(), 1))
 
 
 @flax.struct.dataclass
@@ -207,13 +218,14 @@ def _write(tokens: jax.Array, positions: jax.Array, values: jax.Array, where: ja
   return tokens.at[rows, jnp.where(where, positions, tokens.shape[1])].set(values, mode="drop")
 
 
-def _sequential_step(params, state: _LoopState, *, cfg: ModelConfig,
-                     sampling: processors.SamplingConfig, num_content: int) -> _LoopState:
+def _sequential_step(params, state: _LoopState, *, sampler: Sampler,
+                     num_content: int) -> _LoopState:
   """Decides the token of rank num_decided: one forward."""
   length = state.tokens.shape[1]
   rank = jnp.minimum(state.num_decided, length - 1)[:, None]  # [B, 1]
-  logits, cache = _forward(params, cfg, state, state.tokens, state.num_decided, rank, num_content)
-  probs = processors.probabilities(logits, sampling)  # [B, 1, V]
+  logits, cache = _forward(params, sampler.cfg, state, state.tokens, state.num_decided, rank,
+                           num_content)
+  probs = processors.probabilities(logits, sampler.sampling)  # [B, 1, V]
   keys = _split_rows(state.keys, 4)  # [B, 4]: the same schedule as an ASSD round
   token = _sample_rows(keys[:, 1], probs)  # [B, 1]
   return state.replace(
@@ -229,18 +241,17 @@ def _sequential_step(params, state: _LoopState, *, cfg: ModelConfig,
 
 
 def _next_draft_len(state: _LoopState, verdict: speculation.Verdict, keep_first, free_first, *,
-                    max_len: int, adaptive: bool):
+                    sampler: Sampler):
   """(stats, draft_len [B]) after a round: K, or the adaptive choice from the updated statistics."""
-  if not adaptive:
+  if not sampler.adaptive:
     return state.stats, state.draft_len
   stats = state.stats.observe(*speculation.round_tests(verdict, keep_first))
-  return stats, speculation.choose_draft_len(stats, max_len, free_first)
+  return stats, speculation.choose_draft_len(stats, sampler.draft_len, free_first)
 
 
-def _assd_round(params, state: _LoopState, *, cfg: ModelConfig,
-                sampling: processors.SamplingConfig, max_len: int, adaptive: bool,
-                variant: str, num_content: int) -> _LoopState:
+def _assd_round(params, state: _LoopState, *, sampler: Sampler, num_content: int) -> _LoopState:
   """One ASSD round: draft forward, verify forward (skipped when m == 1), acceptance."""
+  cfg, sampling, max_len = sampler.cfg, sampler.sampling, sampler.draft_len
   batch, length = state.tokens.shape
   n = state.num_decided
   slots = jnp.arange(max_len)[None, :]  # [1, K]
@@ -270,13 +281,12 @@ def _assd_round(params, state: _LoopState, *, cfg: ModelConfig,
     u = _uniform_rows(keys[:, 2], max_len)  # [B, K]
   # 3. Accept in rank order; the first slot is kept outright (see the module docstring).
   keep_first = jnp.ones((batch,), bool)
-  verdict = speculation.accept(p, q, drafts, u, num_drafts, keep_first, variant)
+  verdict = sampler.rules.accept(p, q, drafts, u, num_drafts, keep_first)
   fix = _sample_rows(keys[:, 3], verdict.residual)  # [B, 1]
   first_out = jnp.minimum(verdict.num_kept, max_len - 1)[:, None]  # [B, 1]
   tokens = _write(state.tokens, positions, drafts, verdict.kept)
   tokens = _write(tokens, _pick(positions, first_out), fix, verdict.rejected[:, None])
-  stats, draft_len = _next_draft_len(state, verdict, keep_first, keep_first, max_len=max_len,
-                                     adaptive=adaptive)
+  stats, draft_len = _next_draft_len(state, verdict, keep_first, keep_first, sampler=sampler)
   return state.replace(
       tokens=tokens,
       num_decided=n + verdict.num_kept + verdict.rejected.astype(jnp.int32),
@@ -294,25 +304,22 @@ def _assd_round(params, state: _LoopState, *, cfg: ModelConfig,
       keys=keys[:, 0])
 
 
-def _fused_start(params, state: _LoopState, *, cfg: ModelConfig,
-                 sampling: processors.SamplingConfig, max_len: int,
-                 num_content: int) -> _LoopState:
+def _fused_start(params, state: _LoopState, *, sampler: Sampler, num_content: int) -> _LoopState:
   """The first forward of fused ASSD: proposals for ranks n..n+K-1 that see exactly ranks < n."""
   length = state.tokens.shape[1]
   n = state.num_decided
-  target = jnp.minimum(n[:, None] + jnp.arange(max_len)[None, :], length - 1)  # [B, K]
-  logits, cache = _forward(params, cfg, state, state.tokens, n, target, num_content)
-  p = processors.probabilities(logits, sampling)  # [B, K, V]
+  target = jnp.minimum(n[:, None] + jnp.arange(sampler.draft_len)[None, :], length - 1)  # [B, K]
+  logits, cache = _forward(params, sampler.cfg, state, state.tokens, n, target, num_content)
+  p = processors.probabilities(logits, sampler.sampling)  # [B, K, V]
   keys = _split_rows(state.keys, 4)  # [B, 4]: next, propose, -, -
   return state.replace(
       cache=cache, num_cached=n, draft_tokens=_sample_rows(keys[:, 1], p), draft_probs=p,
       first_exact=jnp.ones_like(state.first_exact), nfe=state.nfe + 1, keys=keys[:, 0])
 
 
-def _fused_round(params, state: _LoopState, *, cfg: ModelConfig,
-                 sampling: processors.SamplingConfig, max_len: int, adaptive: bool,
-                 variant: str, num_content: int) -> _LoopState:
+def _fused_round(params, state: _LoopState, *, sampler: Sampler, num_content: int) -> _LoopState:
   """One fused round: a single forward verifies the window and proposes the next one."""
+  cfg, max_len = sampler.cfg, sampler.draft_len
   length = state.tokens.shape[1]
   n = state.num_decided
   slots = jnp.arange(max_len)[None, :]  # [1, K]
@@ -324,42 +331,34 @@ def _fused_round(params, state: _LoopState, *, cfg: ModelConfig,
   positions = _pick(state.by_rank, verify_ranks)  # [B, K]
   proposed = _write(state.tokens, positions, state.draft_tokens, in_round)  # [B, N]
   keep_first = state.first_exact
-  if variant == "always_keep_first":
-    keep_first = jnp.ones_like(keep_first)
-  # A row whose only rank left is an exact proposal keeps it with no forward.
+  # A row whose only rank left is an exact proposal needs no forward: it keeps it outright. The
+  # forward runs unconditionally (only a batch's last round could skip it), but such a row is not
+  # charged for it.
   needs_forward = state.active & ~(state.first_exact & (left == 1))  # [B]
-  ran = jnp.any(needs_forward)
   keys = _split_rows(state.keys, 4)  # [B, 4]: next, propose, accept, resample
-
-  def forward():
-    query_ranks = jnp.concatenate([verify_ranks, propose_ranks], axis=1)  # [B, 2K]
-    logits, cache = _forward(params, cfg, state, proposed, n + num_tested, query_ranks,
-                             num_content)
-    probs = processors.probabilities(logits, sampling)  # [B, 2K, V]
-    return probs[:, :max_len], probs[:, max_len:], cache
-
-  q, new_probs, cache = jax.lax.cond(
-      ran, forward, lambda: (state.draft_probs, state.draft_probs, state.cache))
+  query_ranks = jnp.concatenate([verify_ranks, propose_ranks], axis=1)  # [B, 2K]
+  logits, cache = _forward(params, cfg, state, proposed, n + num_tested, query_ranks, num_content)
+  probs = processors.probabilities(logits, sampler.sampling)  # [B, 2K, V]
+  q, new_probs = probs[:, :max_len], probs[:, max_len:]
   u = _uniform_rows(keys[:, 2], max_len)  # [B, K]
-  verdict = speculation.accept(state.draft_probs, q, state.draft_tokens, u, num_tested, keep_first,
-                               variant)
+  verdict = sampler.rules.accept(state.draft_probs, q, state.draft_tokens, u, num_tested,
+                                 keep_first)
   fix = _sample_rows(keys[:, 3], verdict.residual)  # [B, 1]
   first_out = jnp.minimum(verdict.num_kept, max_len - 1)[:, None]  # [B, 1]
   tokens = _write(state.tokens, positions, state.draft_tokens, verdict.kept)
   tokens = _write(tokens, _pick(positions, first_out), fix, verdict.rejected[:, None])
 
   shift = verdict.num_kept + verdict.rejected.astype(jnp.int32)  # [B]: ranks decided
-  window_tokens, window_probs = speculation.refill(
+  window_tokens, window_probs = sampler.rules.refill(
       state.draft_tokens, state.draft_probs, _sample_rows(keys[:, 1], new_probs), new_probs,
-      shift, num_tested, misalign_probs=variant == "stale_probs")
+      shift, num_tested)
   first_exact = ~verdict.rejected & (n + shift < state.num_valid)  # the new proposal at rank n+m
-  stats, draft_len = _next_draft_len(state, verdict, keep_first, first_exact, max_len=max_len,
-                                     adaptive=adaptive)
+  stats, draft_len = _next_draft_len(state, verdict, keep_first, first_exact, sampler=sampler)
   return state.replace(
       tokens=tokens,
       num_decided=n + shift,
       cache=cache,
-      num_cached=jnp.where(ran, n + verdict.num_kept, state.num_cached),
+      num_cached=n + verdict.num_kept,
       draft_tokens=window_tokens,
       draft_probs=window_probs,
       first_exact=first_exact,
@@ -394,64 +393,66 @@ def _loop(params, state: _LoopState, step) -> _LoopState:
   return jax.lax.while_loop(lambda s: jnp.any(s.active), body, state)
 
 
-def _initial_state(params, cfg: ModelConfig, tokens, ranks, num_prompt, num_valid, keys, *,
-                   draft_len: int, use_cache: bool) -> _LoopState:
+@flax.struct.dataclass
+class Batch:
+  """A validated batch of problems (`Sampler.batch`): the sampler's traced inputs."""
+  tokens: jax.Array      # int32 [B, N]: prompt values (others are ignored)
+  ranks: jax.Array       # int32 [B, N]: one permutation per row
+  num_prompt: jax.Array  # int32 [B]
+  num_valid: jax.Array   # int32 [B]: ranks >= num_valid are padding
+  keys: jax.Array        # PRNG key [B]: one stream per row
+  # The longest prompt rounded up (`_prefill_rows`): the first cached forward's content rows.
+  prefill_rows: int = flax.struct.field(pytree_node=False, default=0)
+
+
+def _initial_state(params, sampler: Sampler, batch: Batch) -> _LoopState:
   """The loop state before the first forward: only the prompt decided, an empty cache."""
-  batch, length = tokens.shape
-  is_prompt = ranks < num_prompt[:, None]  # [B, N]
-  zeros = jnp.zeros((batch,), jnp.int32)
+  cfg, draft_len = sampler.cfg, sampler.draft_len
+  rows, length = batch.tokens.shape
+  is_prompt = batch.ranks < batch.num_prompt[:, None]  # [B, N]
+  zeros = jnp.zeros((rows,), jnp.int32)
   return _LoopState(
-      tokens=jnp.where(is_prompt, tokens, cfg.mask_token_id),
-      ranks=ranks,
-      by_rank=masks_lib.positions_by_rank(ranks),
-      num_prompt=num_prompt,
-      num_valid=num_valid,
-      num_decided=num_prompt,
-      cache=(ASARM(cfg).apply({"params": params}, batch, length, method=ASARM.init_cache)
-             if use_cache else None),
+      tokens=jnp.where(is_prompt, batch.tokens, cfg.mask_token_id),
+      ranks=batch.ranks,
+      by_rank=masks_lib.positions_by_rank(batch.ranks),
+      num_prompt=batch.num_prompt,
+      num_valid=batch.num_valid,
+      num_decided=batch.num_prompt,
+      cache=(ASARM(cfg).apply({"params": params}, rows, length, method=ASARM.init_cache)
+             if sampler.use_cache else None),
       num_cached=zeros,
-      draft_tokens=jnp.zeros((batch, draft_len), jnp.int32),
-      draft_probs=jnp.zeros((batch, draft_len, cfg.vocab_size), jnp.float32),
-      first_exact=jnp.zeros((batch,), bool),
-      draft_len=jnp.full((batch,), draft_len, jnp.int32),
-      stats=speculation.AcceptanceStats.initial(batch),
+      draft_tokens=jnp.zeros((rows, draft_len), jnp.int32),
+      draft_probs=jnp.zeros((rows, draft_len, cfg.vocab_size), jnp.float32),
+      first_exact=jnp.zeros((rows,), bool),
+      draft_len=jnp.full((rows,), draft_len, jnp.int32),
+      stats=speculation.AcceptanceStats.initial(rows),
       nfe=zeros, rounds=zeros, accepted=zeros, drafted=zeros,
-      keys=keys)
+      keys=batch.keys)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "method", "draft_len", "sampling", "variant",
-                                             "use_cache", "adaptive", "prefill_rows"))
-def _sample_jit(params, tokens, ranks, num_prompt, num_valid, keys, *, cfg: ModelConfig,
-                method: str, draft_len: int, sampling: processors.SamplingConfig,
-                variant: str, use_cache: bool, adaptive: bool, prefill_rows: int) -> SampleOutput:
-  """The jitted sampler; arguments are validated by `_prepare`. Shapes: tokens/ranks [B, N].
-
-  `prefill_rows` bounds the prompt lengths: the first forward's content rows (cached only).
-  """
-  state = _initial_state(params, cfg, tokens, ranks, num_prompt, num_valid, keys,
-                         draft_len=draft_len, use_cache=use_cache)
-  common = dict(cfg=cfg, sampling=sampling)
-  rounds = dict(common, max_len=draft_len, adaptive=adaptive, variant=variant)
-  # Steady-state content rows per forward with a cache (see the module docstring).
-  if method == "sequential":
-    step, num_content = functools.partial(_sequential_step, **common), 1
-  elif method == "assd":
-    step, num_content = functools.partial(_assd_round, **rounds), 1
-  else:
-    step, num_content = functools.partial(_fused_round, **rounds), draft_len + 1
-  if method == "assd_fused":
-    state = _fused_start(params, state, **common, max_len=draft_len, num_content=prefill_rows)
-  elif use_cache:
+@functools.partial(jax.jit, static_argnames=("sampler",))
+def _run(params, batch: Batch, *, sampler: Sampler) -> SampleOutput:
+  """The jitted sampler: one program per (sampler, shapes, prefill_rows)."""
+  state = _initial_state(params, sampler, batch)
+  step, num_content = {
+      "sequential": (_sequential_step, 1),
+      "assd": (_assd_round, 1),
+      "assd_fused": (_fused_round, sampler.draft_len + 1),
+  }[sampler.method]  # steady-state content rows per forward with a cache (module docstring)
+  step = functools.partial(step, sampler=sampler)
+  if sampler.method == "assd_fused":
+    state = _fused_start(params, state, sampler=sampler, num_content=batch.prefill_rows)
+  elif sampler.use_cache:
     # The first step is every row's and its forward also computes the prompt's content rows.
-    state = step(params, state, num_content=prefill_rows)
+    state = step(params, state, num_content=batch.prefill_rows)
   state = _loop(params, state, functools.partial(step, num_content=num_content))
-  padding = ranks >= num_valid[:, None]  # [B, N]
-  return SampleOutput(tokens=jnp.where(padding, tokens, state.tokens), nfe=state.nfe,
+  padding = batch.ranks >= batch.num_valid[:, None]  # [B, N]
+  return SampleOutput(tokens=jnp.where(padding, batch.tokens, state.tokens), nfe=state.nfe,
                       rounds=state.rounds, accepted=state.accepted, drafted=state.drafted)
 
 
 # ----------------------------------------------------------------------------------------------------
-# Validation and the public entry points.
+# The sampler object and its validation.
 
 
 def _row_keys(rng, batch: int) -> jax.Array:
@@ -496,123 +497,170 @@ def _prefill_rows(num_prompt: np.ndarray, length: int) -> int:
   return min(1 << (longest - 1).bit_length(), length)
 
 
-def _prepare(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, *, method: str = DEFAULT_METHOD,
-             draft_len: int = 5, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             banned_ids: Sequence[int] = (), num_valid=None, use_cache: bool = True,
-             adaptive: bool = False, _variant: str = "exact"):
-  """Validates everything on the host; returns (args, static kwargs) for `_sample_jit`."""
-  if method not in METHODS:
-    raise ValueError(f"method must be one of {METHODS}; got {method!r}")
-  if _variant not in _VARIANTS:
-    raise ValueError(f"unknown variant {_variant!r}")
-  if isinstance(draft_len, bool) or not isinstance(draft_len, (int, np.integer)) or draft_len < 1:
-    raise ValueError(f"draft_len must be an integer >= 1; got {draft_len!r}")
-  for name, value in (("use_cache", use_cache), ("adaptive", adaptive)):
-    if not isinstance(value, (bool, np.bool_)):
-      raise ValueError(f"{name} must be True or False; got {value!r}")
-  if adaptive and method == "sequential":
-    raise ValueError("adaptive=True needs method 'assd' or 'assd_fused' (sequential decoding has "
-                     "no drafts)")
-  for name, value in (("temperature", temperature), ("top_p", top_p)):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-      raise ValueError(f"{name} must be a number; got {value!r}")
-  sampling = processors.SamplingConfig(
-      temperature=float(temperature), top_k=top_k, top_p=float(top_p),
-      banned_ids=(cfg.mask_token_id, *banned_ids))
-  sampling.validate(cfg.vocab_size)
-
-  tokens_np = np.asarray(tokens)
-  if tokens_np.ndim != 2 or not np.issubdtype(tokens_np.dtype, np.integer):
-    raise ValueError(f"tokens must be integers of shape [batch, length]; got dtype "
-                     f"{tokens_np.dtype} and shape {tokens_np.shape}")
-  if np.shape(ranks) != tokens_np.shape:
-    raise ValueError(f"tokens and ranks must have the same shape; got {tokens_np.shape} and "
-                     f"{np.shape(ranks)}")
-  batch, length = tokens_np.shape
-  if batch == 0 or length == 0:
-    raise ValueError(f"tokens must be non-empty; got shape {tokens_np.shape}")
-  if length > cfg.max_len:
-    raise ValueError(f"sequence length {length} exceeds the model's max_len {cfg.max_len}")
-  ranks_np, prompt_np = masks_lib.validate_order(ranks, num_prompt, seq_len=length,
-                                                 allow_full_prompt=False)
-  valid_np = _per_row(length if num_valid is None else num_valid, batch, "num_valid")
-  bad = (valid_np <= prompt_np) | (valid_np > length)
-  if bad.any():
-    row = int(np.argmax(bad))
-    raise ValueError(f"row {row}: need num_prompt < num_valid <= length ({length}); got num_prompt "
-                     f"{prompt_np[row]} and num_valid {valid_np[row]}: nothing to generate"
-                     if valid_np[row] <= prompt_np[row] else
-                     f"row {row}: num_valid {valid_np[row]} exceeds the length {length}")
-  is_prompt = ranks_np < prompt_np[:, None]
-  prompt_tokens = tokens_np[is_prompt]
-  if prompt_tokens.size and (prompt_tokens.min() < 0 or prompt_tokens.max() >= cfg.vocab_size):
-    raise ValueError(f"prompt tokens must lie in [0, {cfg.vocab_size}); got values in "
-                     f"[{prompt_tokens.min()}, {prompt_tokens.max()}]")
-  keys = _row_keys(rng, batch)
-  args = (params, jnp.asarray(tokens_np, jnp.int32), jnp.asarray(ranks_np),
-          jnp.asarray(prompt_np), jnp.asarray(valid_np), keys)
-  speculative = method != "sequential"
-  static = dict(cfg=cfg, method=method, draft_len=int(draft_len) if speculative else 1,
-                sampling=sampling, variant=_variant, use_cache=bool(use_cache),
-                adaptive=bool(adaptive) and speculative and draft_len > 1,
-                prefill_rows=_prefill_rows(prompt_np, length) if use_cache else 0)
-  return args, static
+def _flag(name: str, value) -> bool:
+  if not isinstance(value, (bool, np.bool_)):
+    raise ValueError(f"{name} must be True or False; got {value!r}")
+  return bool(value)
 
 
-def sample(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, *, method: str = DEFAULT_METHOD,
-           draft_len: int = 5, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           banned_ids: Sequence[int] = (), num_valid=None, use_cache: bool = True,
-           adaptive: bool = False, _variant: str = "exact") -> SampleOutput:
-  """Fills every non-prompt position of a batch, in rank order, with an exact sampler.
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+  """The static choices of an exact sampler, like the gemma sampler: frozen and hashable, so each
+  Sampler compiles once per batch shape and every later call reuses the program.
 
-  Args:
-    params: the ASARM parameters.
-    cfg: its ModelConfig.
-    tokens: int [B, N]; values at positions of rank >= num_prompt are ignored.
-    ranks: int [B, N], a permutation of 0..N-1 per row (see masks.py).
-    num_prompt: int or int [B]: ranks below it are the prompt (at least one rank must be left).
-    rng: a PRNG key, split into one stream per row, or B keys (row b uses key b, so a batch-1 call
-      with `keys[b:b + 1]` reproduces row b).
-    method: "assd" (speculative; `draft_len` drafts per round, 2 forwards per round), "assd_fused"
-      (speculative, 1 forward per round that verifies and proposes) or "sequential" (one token per
-      NFE).
-    draft_len: k, drafts per round (>= 1; k == 1 is sequential decoding); with `adaptive`, the
-      largest k.
-    temperature: >= 0; 0 is greedy (argmax) decoding.
-    top_k: keep the k most likely tokens (0 = off, at most V).
-    top_p: nucleus mass in (0, 1] (1 = off).
-    banned_ids: ids never sampled besides the mask token (which is always banned).
-    num_valid: int or int [B], default N: ranks >= num_valid are padding. They are never generated,
-      no other position sees them, and they come back as given. They must rank last in the order.
-    use_cache: keep the decided tokens' content keys/values (the order-aware cache): the same law
-      and NFE, much less compute per forward.
-    adaptive: choose each row's draft length per round in [1, draft_len] from its acceptance
-      history (speculative methods only; exact, but it saves no compute with static shapes, see
-      speculation.py).
-    _variant: test hook (deliberately wrong rules); leave at "exact".
+  Build one with `Sampler.create` (which validates every option) and call it on a batch:
 
-  Returns:
-    SampleOutput (see its fields; the NFE accounting is in the module docstring).
+      sampler = Sampler.create(cfg, method="assd_fused", draft_len=5, temperature=0.8)
+      out = sampler(params, tokens, ranks, num_prompt, jax.random.key(0))
 
-  Raises:
-    ValueError: naming the bad argument, before anything is compiled.
+  Attributes:
+    cfg: the model's ModelConfig.
+    method: one of METHODS.
+    draft_len: K, drafts per round (1 for sequential decoding).
+    sampling: the logit processing applied to every draft and target law alike.
+    use_cache: the order-aware KV cache (the same law and NFE, much less compute per forward).
+    adaptive: per-row draft lengths in [1, K] (speculative methods with K > 1 only).
+    rules: the speculative rules; always `speculation.EXACT` outside the tests.
   """
-  args, static = _prepare(params, cfg, tokens, ranks, num_prompt, rng, method=method,
-                          draft_len=draft_len, temperature=temperature, top_k=top_k, top_p=top_p,
-                          banned_ids=banned_ids, num_valid=num_valid, use_cache=use_cache,
-                          adaptive=adaptive, _variant=_variant)
-  return _sample_jit(*args, **static)
+  cfg: ModelConfig
+  method: str
+  draft_len: int
+  sampling: processors.SamplingConfig
+  use_cache: bool
+  adaptive: bool
+  rules: speculation.Rules = speculation.EXACT
+
+  @classmethod
+  def create(cls, cfg: ModelConfig, *, method: str = DEFAULT_METHOD,
+             draft_len: int = DEFAULT_DRAFT_LEN, temperature: float = 1.0, top_k: int = 0,
+             top_p: float = 1.0, banned_ids: Sequence[int] = (), use_cache: bool = True,
+             adaptive: bool = False, rules: speculation.Rules = speculation.EXACT) -> Sampler:
+    """A validated Sampler.
+
+    Args:
+      cfg: the model's ModelConfig.
+      method: "assd" (speculative; `draft_len` drafts per round, 2 forwards per round),
+        "assd_fused" (speculative, 1 forward per round that verifies and proposes) or
+        "sequential" (one token per NFE).
+      draft_len: k, drafts per round (>= 1; k == 1 is sequential decoding); with `adaptive`, the
+        largest k.
+      temperature: >= 0; 0 is greedy (argmax) decoding.
+      top_k: keep the k most likely tokens (0 = off, at most V).
+      top_p: nucleus mass in (0, 1] (1 = off).
+      banned_ids: ids never sampled besides the mask token (which is always banned).
+      use_cache: keep the decided tokens' content keys/values (the order-aware cache).
+      adaptive: choose each row's draft length per round in [1, draft_len] from its acceptance
+        history (speculative methods only; exact, but it saves no compute with static shapes,
+        see speculation.py).
+      rules: leave at `speculation.EXACT` (the tests pass wrong rules here).
+
+    Raises:
+      ValueError: naming the bad option.
+    """
+    if method not in METHODS:
+      raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    if (isinstance(draft_len, bool) or not isinstance(draft_len, (int, np.integer))
+        or draft_len < 1):
+      raise ValueError(f"draft_len must be an integer >= 1; got {draft_len!r}")
+    use_cache, adaptive = _flag("use_cache", use_cache), _flag("adaptive", adaptive)
+    if adaptive and method == "sequential":
+      raise ValueError("adaptive=True needs method 'assd' or 'assd_fused' (sequential decoding "
+                       "has no drafts)")
+    sampling = processors.SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p,
+                                         banned_ids=(cfg.mask_token_id, *banned_ids))
+    sampling.validate(cfg.vocab_size)
+    speculative = method != "sequential"
+    return cls(cfg=cfg, method=method, draft_len=int(draft_len) if speculative else 1,
+               sampling=sampling, use_cache=use_cache,
+               adaptive=adaptive and speculative and draft_len > 1, rules=rules)
+
+  def batch(self, tokens, ranks, num_prompt, rng, num_valid=None) -> Batch:
+    """Validates a batch of problems on the host (see `__call__` for the arguments).
+
+    Raises:
+      ValueError: naming the bad argument, before anything is compiled.
+    """
+    cfg = self.cfg
+    tokens_np = np.asarray(tokens)
+    if tokens_np.ndim != 2 or not np.issubdtype(tokens_np.dtype, np.integer):
+      raise ValueError(f"tokens must be integers of shape [batch, length]; got dtype "
+                       f"{tokens_np.dtype} and shape {tokens_np.shape}")
+    if np.shape(ranks) != tokens_np.shape:
+      raise ValueError(f"tokens and ranks must have the same shape; got {tokens_np.shape} and "
+                       f"{np.shape(ranks)}")
+    rows, length = tokens_np.shape
+    if rows == 0 or length == 0:
+      raise ValueError(f"tokens must be non-empty; got shape {tokens_np.shape}")
+    if length > cfg.max_len:
+      raise ValueError(f"sequence length {length} exceeds the model's max_len {cfg.max_len}")
+    ranks_np, prompt_np = masks_lib.validate_order(ranks, num_prompt, seq_len=length,
+                                                   allow_full_prompt=False)
+    valid_np = _per_row(length if num_valid is None else num_valid, rows, "num_valid")
+    bad = (valid_np <= prompt_np) | (valid_np > length)
+    if bad.any():
+      row = int(np.argmax(bad))
+      raise ValueError(f"row {row}: need num_prompt < num_valid <= length ({length}); got "
+                       f"num_prompt {prompt_np[row]} and num_valid {valid_np[row]}: nothing to "
+                       "generate" if valid_np[row] <= prompt_np[row] else
+                       f"row {row}: num_valid {valid_np[row]} exceeds the length {length}")
+    prompt_tokens = tokens_np[ranks_np < prompt_np[:, None]]
+    if prompt_tokens.size and (prompt_tokens.min() < 0 or prompt_tokens.max() >= cfg.vocab_size):
+      raise ValueError(f"prompt tokens must lie in [0, {cfg.vocab_size}); got values in "
+                       f"[{prompt_tokens.min()}, {prompt_tokens.max()}]")
+    return Batch(tokens=jnp.asarray(tokens_np, jnp.int32), ranks=jnp.asarray(ranks_np),
+                 num_prompt=jnp.asarray(prompt_np), num_valid=jnp.asarray(valid_np),
+                 keys=_row_keys(rng, rows),
+                 prefill_rows=_prefill_rows(prompt_np, length) if self.use_cache else 0)
+
+  def __call__(self, params, tokens, ranks, num_prompt, rng, *, num_valid=None) -> SampleOutput:
+    """Fills every non-prompt position of a batch, in rank order, exactly.
+
+    Args:
+      params: the ASARM parameters.
+      tokens: int [B, N]; values at positions of rank >= num_prompt are ignored.
+      ranks: int [B, N], a permutation of 0..N-1 per row (see masks.py).
+      num_prompt: int or int [B]: ranks below it are the prompt (at least one rank must be left).
+      rng: a PRNG key, split into one stream per row, or B keys (row b uses key b, so a batch-1
+        call with `keys[b:b + 1]` reproduces row b).
+      num_valid: int or int [B], default N: ranks >= num_valid are padding. They are never
+        generated, no other position sees them, and they come back as given. They must rank last.
+
+    Returns:
+      SampleOutput (see its fields; the NFE accounting is in the module docstring).
+    """
+    return _run(params, self.batch(tokens, ranks, num_prompt, rng, num_valid), sampler=self)
+
+  def compile(self, params, batch: Batch):
+    """The compiled program for `batch`'s shapes: call it as `compiled(params, batch)`."""
+    return _run.lower(params, batch, sampler=self).compile()
+
+  def timed(self, params, tokens, ranks, num_prompt, rng, *, num_valid=None
+            ) -> tuple[SampleOutput, float, float]:
+    """`__call__`, compiled first: returns (output, compile seconds, run seconds).
+
+    Compilations are cached, so only the first call with a given shape pays for one.
+    """
+    batch = self.batch(tokens, ranks, num_prompt, rng, num_valid)
+    start = time.perf_counter()
+    compiled = self.compile(params, batch)
+    compiled_at = time.perf_counter()
+    out = jax.block_until_ready(compiled(params, batch))
+    return out, compiled_at - start, time.perf_counter() - compiled_at
 
 
-def timed_sample(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, **kwargs
-                 ) -> tuple[SampleOutput, float, float]:
-  """`sample`, compiled first: returns (output, compile seconds, run seconds).
+def sample(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, *, num_valid=None,
+           **options) -> SampleOutput:
+  """`Sampler.create(cfg, **options)(params, tokens, ranks, num_prompt, rng, num_valid=...)`.
 
-  Compilations are cached, so only the first call with a given shape and configuration pays for one.
+  Options (see `Sampler.create`): method, draft_len, temperature, top_k, top_p, banned_ids,
+  use_cache, adaptive. Raises ValueError naming a bad argument before anything is compiled.
   """
-  args, static = _prepare(params, cfg, tokens, ranks, num_prompt, rng, **kwargs)
-  start = time.perf_counter()
-  compiled = _sample_jit.lower(*args, **static).compile()
-  compiled_at = time.perf_counter()
-  out = jax.block_until_ready(compiled(*args))
-  return out, compiled_at - start, time.perf_counter() - compiled_at
+  return Sampler.create(cfg, **options)(params, tokens, ranks, num_prompt, rng,
+                                        num_valid=num_valid)
+
+
+def timed_sample(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, *, num_valid=None,
+                 **options) -> tuple[SampleOutput, float, float]:
+  """`sample`, compiled first: returns (output, compile seconds, run seconds)."""
+  return Sampler.create(cfg, **options).timed(params, tokens, ranks, num_prompt, rng,
+                                              num_valid=num_valid)

@@ -55,12 +55,12 @@ rounds alike, so it is off by default.
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable
+
 import flax.struct
 import jax
 import jax.numpy as jnp
-
-# Deliberately wrong acceptance rules (test hooks, never for sampling).
-WRONG_ACCEPTANCE = ("accept_all", "resample_from_q")
 
 
 @flax.struct.dataclass
@@ -84,7 +84,7 @@ def token_probs(probs: jax.Array, tokens: jax.Array) -> jax.Array:
 
 
 def accept(p: jax.Array, q: jax.Array, drafts: jax.Array, u: jax.Array, num_drafts: jax.Array,
-           keep_first: jax.Array, variant: str = "exact") -> Verdict:
+           keep_first: jax.Array) -> Verdict:
   """Speculative acceptance of a round's drafts in slot (rank) order.
 
   Args:
@@ -94,7 +94,6 @@ def accept(p: jax.Array, q: jax.Array, drafts: jax.Array, u: jax.Array, num_draf
     u: float32 [B, K], fresh uniforms in [0, 1).
     num_drafts: int32 [B], m: slots >= m are not part of the round.
     keep_first: bool [B]: slot 0 is exact (p_0 is the target conditional) and kept outright.
-    variant: "exact", or a deliberately wrong rule of WRONG_ACCEPTANCE (tests only).
 
   Returns:
     Verdict. Where no draft is rejected the residual is meaningless.
@@ -104,8 +103,6 @@ def accept(p: jax.Array, q: jax.Array, drafts: jax.Array, u: jax.Array, num_draf
   p_x = token_probs(p, drafts)
   q_x = token_probs(q, drafts)
   ok = u < q_x / jnp.where(p_x > 0, p_x, 1.0)  # p_x > 0 as x ~ p
-  if variant == "accept_all":
-    ok = jnp.ones_like(ok)
   ok = ok | ((slots == 0) & keep_first[:, None])
   ok = ok & (slots < num_drafts[:, None])
   kept = jnp.cumprod(ok, axis=1).astype(bool)
@@ -117,14 +114,12 @@ def accept(p: jax.Array, q: jax.Array, drafts: jax.Array, u: jax.Array, num_draf
   residual = jnp.maximum(q_a - pick_slots(p, first_out), 0.0)
   mass = jnp.sum(residual, axis=-1, keepdims=True)
   residual = jnp.where(mass > 0, residual / jnp.where(mass > 0, mass, 1.0), q_a)
-  if variant == "resample_from_q":
-    residual = q_a
   return Verdict(kept=kept, num_kept=num_kept, rejected=num_kept < num_drafts, residual=residual)
 
 
 def refill(old_tokens: jax.Array, old_probs: jax.Array, new_tokens: jax.Array,
-           new_probs: jax.Array, shift: jax.Array, num_tested: jax.Array,
-           misalign_probs: bool = False) -> tuple[jax.Array, jax.Array]:
+           new_probs: jax.Array, shift: jax.Array, num_tested: jax.Array
+           ) -> tuple[jax.Array, jax.Array]:
   """The next window of K proposals after a fused round.
 
   The old window holds proposals for ranks n..n+K-1, the new proposals are for ranks n+m..n+m+K-1.
@@ -136,8 +131,6 @@ def refill(old_tokens: jax.Array, old_probs: jax.Array, new_tokens: jax.Array,
     new_tokens: int32 [B, K]; new_probs: float32 [B, K, V] (this round's proposals).
     shift: int32 [B], in [0, m].
     num_tested: int32 [B], m.
-    misalign_probs: test hook (wrong on purpose): pair the surviving old proposals with the laws of
-      the new proposal rows in their slots (rows of other ranks, in another context).
 
   Returns:
     (tokens int32 [B, K], probs float32 [B, K, V]) for ranks n+shift..n+shift+K-1.
@@ -147,10 +140,23 @@ def refill(old_tokens: jax.Array, old_probs: jax.Array, new_tokens: jax.Array,
   from_old = index < num_tested[:, None]
   index = jnp.where(from_old, index, draft_len + index - num_tested[:, None])  # into old ++ new
   tokens = jnp.take_along_axis(jnp.concatenate([old_tokens, new_tokens], axis=1), index, axis=1)
-  if misalign_probs:
-    index = jnp.where(from_old, draft_len + jnp.arange(draft_len)[None, :], index)
   probs = pick_slots(jnp.concatenate([old_probs, new_probs], axis=1), index)
   return tokens, probs
+
+
+@dataclasses.dataclass(frozen=True)
+class Rules:
+  """The acceptance and refill rules a sampler applies: the exact ones above unless told otherwise.
+
+  A field of the frozen `sampling.Sampler`, so it takes part in its hash. The tests pass
+  deliberately wrong rules here to show that the exactness checks fail on them; nothing in the
+  library ever does.
+  """
+  accept: Callable[..., Verdict] = accept
+  refill: Callable[..., tuple[jax.Array, jax.Array]] = refill
+
+
+EXACT = Rules()
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -104,21 +104,21 @@ def profile_setting(cfg: ModelConfig, params, seq_len: int, batch: int, method: 
   problem = make_problem(np.zeros((batch, seq_len), np.int32), HIDDEN_FRACTION, batch, seed=0)
   tokens, ranks, num_prompt = problem.tokens, problem.ranks, problem.num_prompt
   options = dict(method=method, draft_len=draft_len)
-  args, static = sampling._prepare(  # pylint: disable=protected-access
-      params, cfg, tokens, ranks, num_prompt, jax.random.key(0), **options)
-  compiled = sampling._sample_jit.lower(*args, **static).compile()  # pylint: disable=protected-access
+  sampler = sampling.Sampler.create(cfg, **options)
+  batch_args = sampler.batch(tokens, ranks, num_prompt, jax.random.key(0))
+  compiled = sampler.compile(params, batch_args)
   instructions = op_names(compiled.as_text())
-  out = jax.block_until_ready(compiled(*args))  # warm-up
+  out = jax.block_until_ready(compiled(params, batch_args))  # warm-up
   iterations = int(np.max(np.asarray(out.rounds)))
   with tempfile.TemporaryDirectory() as trace_dir:
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
       start = time.perf_counter()
-      jax.block_until_ready(compiled(*args))
+      jax.block_until_ready(compiled(params, batch_args))
       wall = time.perf_counter() - start
     events = kernel_events(trace_dir, instructions)
   by_category, by_op = collections.Counter(), collections.Counter()
   for name, micros in events:
-    op = instructions[name].replace("jit(_sample_jit)/", "") or f"({name})"
+    op = instructions[name].replace("jit(_run)/", "") or f"({name})"
     by_category[category(instructions[name])] += micros
     by_op[op] += micros
   per_iteration = lambda micros: micros / 1e3 / iterations  # noqa: E731  (ms)

@@ -19,15 +19,13 @@ sequential decoding with the same cache setting and batch, and to the HF-torch p
 (`benchmarks/hf_baseline.py`: transformers' XLNetLMHeadModel on the same weights, sequential, one
 full forward per token). The issue's targets are evaluated from these numbers in `targets`.
 
-Methods are rows of `METHOD_SPECS` (keyword arguments of `sampling.sample`); a spec or cache setting
-that the current `sampling.sample` does not offer is listed under `skipped` with the reason, never
-approximated. The settings benchmarked are the blocks of `FULL_PLAN` / `QUICK_PLAN`.
+Methods are rows of `METHOD_SPECS` (keyword arguments of `sampling.sample`); a combination the
+sampler rejects (a ValueError) is listed under `skipped` with the reason, never approximated. The settings benchmarked are the blocks of `FULL_PLAN` / `QUICK_PLAN`.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import inspect
 import json
 import os
 import pathlib
@@ -157,32 +155,6 @@ QUICK_VOCAB = 512
 
 
 # ----------------------------------------------------------------------------------------------------
-# Which specs the current sampler offers.
-
-
-def unsupported_reason(spec: MethodSpec, use_cache: bool) -> str | None:
-  """Why `sampling.sample` cannot run `spec` with `use_cache`, or None if it can."""
-  parameters = inspect.signature(sampling.sample).parameters
-  methods = tuple(getattr(sampling, "METHODS", ()))
-  method = spec.kwargs.get("method", "assd")
-  if method not in methods:
-    return f"sampling.METHODS {methods} has no {method!r}"
-  missing = [name for name in spec.kwargs if name not in parameters]
-  if missing:
-    return f"sampling.sample has no parameter {', '.join(missing)}"
-  if use_cache and "use_cache" not in parameters:
-    return "sampling.sample has no use_cache parameter (every forward recomputes the sequence)"
-  return None
-
-
-def _sample_kwargs(spec: MethodSpec, use_cache: bool) -> dict[str, Any]:
-  kwargs = spec.kwargs
-  if "use_cache" in inspect.signature(sampling.sample).parameters:
-    kwargs["use_cache"] = use_cache
-  return kwargs
-
-
-# ----------------------------------------------------------------------------------------------------
 # Models and prompts.
 
 
@@ -303,7 +275,7 @@ def _median_runs(run: Callable[[], float], first: float, plan: Plan) -> tuple[li
 def time_ours(model: Model, problem: Problem, spec: MethodSpec, use_cache: bool, plan: Plan,
               sampling_options: dict[str, Any], seed: int) -> dict[str, Any]:
   """Times `sampling.sample`; raises ValueError if the sampler rejects the configuration."""
-  kwargs = {**_sample_kwargs(spec, use_cache), **sampling_options}
+  kwargs = {**spec.kwargs, "use_cache": use_cache, **sampling_options}
   key = jax.random.key(seed)
 
   def call():
@@ -313,12 +285,11 @@ def time_ours(model: Model, problem: Problem, spec: MethodSpec, use_cache: bool,
   out, compile_s, first = call()
   runs, warmed = _median_runs(lambda: call()[2], first, plan)
   nfe, rounds = np.asarray(out.nfe), np.asarray(out.rounds)
-  drafted = getattr(out, "drafted", None)  # draft slots used (sum of per-round draft lengths)
   return dict(implementation=OURS, method=spec.name, options=spec.kwargs, exact=spec.exact,
               use_cache=bool(use_cache), nfe_mean=float(nfe.mean()), nfe_max=int(nfe.max()),
               rounds_mean=float(rounds.mean()), rounds_max=int(rounds.max()),
               accepted_mean=float(np.asarray(out.accepted).mean()),
-              drafted_mean=None if drafted is None else float(np.asarray(drafted).mean()),
+              drafted_mean=float(np.asarray(out.drafted).mean()),  # draft slots used
               compile_seconds=compile_s, run_seconds_all=runs, warmup=warmed)
 
 
@@ -694,12 +665,8 @@ def run_benchmark(*, workdir: str | None = None, random_model: bool = False, qui
     name = spec.name if spec else HF
     if spec is None and not hf:
       continue
-    reason = unsupported_reason(spec, use_cache) if spec else None
     setting = dict(model=model_for(n).label, seq_len=n, hidden_fraction=fraction, batch=batch,
                    order=order)
-    if reason:
-      skipped.append(dict(method=name, use_cache=use_cache, reason=reason, **setting))
-      continue
     problem = make_problem(chunks[n], fraction, batch, seed, order)
     try:
       if spec is None:
@@ -752,8 +719,7 @@ def run_benchmark(*, workdir: str | None = None, random_model: bool = False, qui
                   hf_threads=calibration),
       methods={spec.name: dict(options=spec.kwargs, description=spec.description,
                                exact=spec.exact) for spec in METHOD_SPECS},
-      sampler=dict(methods=list(getattr(sampling, "METHODS", ())),
-                   sample_parameters=list(inspect.signature(sampling.sample).parameters)),
+      sampler=dict(methods=list(sampling.METHODS)),
       results=sorted(rows, key=_sort_key),
       skipped=skipped,
       targets=evaluate_targets(rows, plan, model.label),

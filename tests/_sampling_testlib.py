@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from asarm_jax import processors
+from asarm_jax import processors, speculation
 from asarm_jax.model import ASARM, ModelConfig, init_params
 
 VOCAB = 4      # token ids 0, 1, 2 are samplable
@@ -183,3 +183,45 @@ def compare_law(samples: np.ndarray, case: Case, law: np.ndarray) -> LawReport:
   exp = exp * obs.sum() / exp.sum()  # exact renormalisation (law sums to 1 up to float32 rounding)
   pvalue = float(stats.chisquare(obs, exp).pvalue) if len(obs) > 1 else 1.0
   return LawReport(case.name, pvalue, float(tv), float(tv_bound))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Deliberately wrong speculative rules (`sampling.Sampler.create(..., rules=...)`): the exactness
+# checks must fail on each of them.
+
+
+def _accept_everything(p, q, drafts, u, num_drafts, keep_first):
+  """Every draft kept: a uniform of -1 passes every min(1, q/p) test."""
+  return speculation.accept(p, q, drafts, jnp.full_like(u, -1.0), num_drafts, keep_first)
+
+
+def _resample_from_q(p, q, drafts, u, num_drafts, keep_first):
+  """A rejected slot redrawn from q itself instead of the residual max(q - p, 0)."""
+  verdict = speculation.accept(p, q, drafts, u, num_drafts, keep_first)
+  first_out = jnp.minimum(verdict.num_kept, drafts.shape[1] - 1)[:, None]
+  return verdict.replace(residual=speculation.pick_slots(q, first_out))
+
+
+def _always_keep_first(p, q, drafts, u, num_drafts, keep_first):
+  """Every window's first proposal kept untested, exact or not (wrong for fused rounds)."""
+  return speculation.accept(p, q, drafts, u, num_drafts, jnp.ones_like(keep_first))
+
+
+def _stale_probs_refill(old_tokens, old_probs, new_tokens, new_probs, shift, num_tested):
+  """The surviving old proposals paired with the laws of the new proposal rows in their slots
+  (rows of other ranks, in another context), instead of the laws they were drawn from."""
+  tokens, _ = speculation.refill(old_tokens, old_probs, new_tokens, new_probs, shift, num_tested)
+  draft_len = old_tokens.shape[1]
+  slots = jnp.arange(draft_len)[None, :]
+  index = shift[:, None] + slots  # [B, K] into old ++ new
+  index = jnp.where(index < num_tested[:, None], draft_len + slots,
+                    draft_len + index - num_tested[:, None])
+  return tokens, speculation.pick_slots(jnp.concatenate([old_probs, new_probs], axis=1), index)
+
+
+WRONG_RULES = {
+    "accept_all": speculation.Rules(accept=_accept_everything),
+    "resample_from_q": speculation.Rules(accept=_resample_from_q),
+    "always_keep_first": speculation.Rules(accept=_always_keep_first),
+    "stale_probs": speculation.Rules(refill=_stale_probs_refill),
+}

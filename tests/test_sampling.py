@@ -229,7 +229,7 @@ def test_bad_arguments_raise_before_compiling(model, monkeypatch, name):
   def must_not_compile(*args, **kwargs):
     raise AssertionError("compiled despite a bad argument")
 
-  monkeypatch.setattr(sampling, "_sample_jit", must_not_compile)
+  monkeypatch.setattr(sampling, "_run", must_not_compile)
   call = {**_GOOD, "rng": jax.random.key(0), **overrides}
   positional = [call.pop(k) for k in ("tokens", "ranks", "num_prompt", "rng")]
   with pytest.raises(ValueError, match=pattern):
@@ -240,7 +240,7 @@ def test_good_arguments_reach_the_compiler(model, monkeypatch):
   """The control for the test above: the same call with good arguments does compile."""
   cfg, params = model
   reached = []
-  monkeypatch.setattr(sampling, "_sample_jit", lambda *a, **k: reached.append(k))
+  monkeypatch.setattr(sampling, "_run", lambda *a, **k: reached.append(k))
   sampling.sample(params, cfg, _GOOD["tokens"], _GOOD["ranks"], _GOOD["num_prompt"],
                   jax.random.key(0), num_valid=np.array([5, 6]))
-  assert reached and reached[0]["method"] == "assd"
+  assert reached and reached[0]["sampler"].method == sampling.DEFAULT_METHOD

@@ -104,7 +104,7 @@ def test_law_matches_enumeration(model, method_name, sampling_name):
 @pytest.mark.parametrize("variant", ["accept_all", "resample_from_q"])
 def test_checker_rejects_broken_acceptance_rules(model, variant):
   """The same check, run on deliberately wrong ASSD rules, must fail."""
-  samples, _ = draw(model, seed=0, method="assd", draft_len=3, temperature=1.0, _variant=variant)
+  samples, _ = draw(model, seed=0, method="assd", draft_len=3, temperature=1.0, rules=lib.WRONG_RULES[variant])
   reports = check_all(samples, laws(model, "t1"))
   print(variant, [(r.name, r.pvalue, r.tv, r.tv_bound) for r in reports])
   assert not all(r.ok for r in reports)

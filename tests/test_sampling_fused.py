@@ -145,7 +145,7 @@ def test_checker_rejects_broken_fused_rules(model, variant):
   """Wrong fused rules fail the same check: surviving proposals tested with the laws of other rows
   ("stale_probs"), or every window's first proposal kept untested ("always_keep_first")."""
   samples, _ = exact.draw(model, seed=0, method="assd_fused", draft_len=8, temperature=1.0,
-                          _variant=variant)
+                          rules=lib.WRONG_RULES[variant])
   reports = exact.check_all(samples, exact.laws(model, "t1"))
   print(variant, [(r.name, r.pvalue, r.tv, r.tv_bound) for r in reports])
   assert not all(r.ok for r in reports)
@@ -167,8 +167,8 @@ def test_refill_takes_survivors_then_new_proposals():
                                      jnp.array([4, 4, 3]))
   np.testing.assert_array_equal(tokens, [[20, 21, 22, 23], [12, 13, 20, 21], [11, 12, 20, 21]])
   np.testing.assert_array_equal(jnp.argmax(probs, -1), tokens)  # every law travels with its token
-  _, wrong = speculation.refill(old, old_p, new, new_p, jnp.array([4, 2, 1]), jnp.array([4, 4, 3]),
-                                misalign_probs=True)
+  _, wrong = lib.WRONG_RULES["stale_probs"].refill(old, old_p, new, new_p, jnp.array([4, 2, 1]),
+                                                    jnp.array([4, 4, 3]))
   assert not np.array_equal(jnp.argmax(wrong, -1), tokens)
 
 
@@ -208,7 +208,7 @@ def test_bad_options_raise_before_compiling(model, monkeypatch, overrides, patte
   def must_not_compile(*args, **kwargs):
     raise AssertionError("compiled despite a bad argument")
 
-  monkeypatch.setattr(sampling, "_sample_jit", must_not_compile)
+  monkeypatch.setattr(sampling, "_run", must_not_compile)
   with pytest.raises(ValueError, match=pattern):
     sampling.sample(params, cfg, np.zeros((1, 6), np.int32), np.arange(6)[None], 1,
                     jax.random.key(0), **overrides)

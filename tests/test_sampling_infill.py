@@ -48,7 +48,7 @@ def test_parse_errors(text, pattern):
 def _fails_if_compiled(monkeypatch):
   def must_not_compile(*args, **kwargs):
     raise AssertionError("compiled despite a bad argument")
-  monkeypatch.setattr(sampling, "_sample_jit", must_not_compile)
+  monkeypatch.setattr(sampling, "_run", must_not_compile)
 
 
 @pytest.mark.parametrize("text, options, pattern", [

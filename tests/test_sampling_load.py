@@ -99,7 +99,7 @@ def test_thousand_calls_do_not_recompile_or_grow_memory(compilations):
   warmup_s = time.perf_counter() - start
   warmup_compilations = compilations.count - before_warmup
   assert warmup_compilations >= len(combos)  # the counter does see the samplers' compilations
-  jit_cache = getattr(getattr(sampling, "_sample_jit", None), "_cache_size", None)
+  jit_cache = getattr(getattr(sampling, "_run", None), "_cache_size", None)
   cache_before = jit_cache() if jit_cache else None
 
   gc.collect()

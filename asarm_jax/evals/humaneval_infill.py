@@ -26,6 +26,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from asarm_jax import infilling
 from asarm_jax.evals import humaneval_tasks
 from asarm_jax.evals import report
 from asarm_jax.evals import sandbox
@@ -44,14 +45,14 @@ def select_tasks(tasks: Sequence[InfillTask], limit: int | None,
   return [tasks[i] for i in sorted(chosen.tolist())]
 
 
-def pose(task: InfillTask, tokenizer, max_len: int) -> span_infill.Example | None:
+def pose(task: InfillTask, tokenizer, max_len: int) -> infilling.Example | None:
   """The task as an infilling example of at most `max_len` tokens (None if it cannot fit)."""
   prefix, middle, suffix = (tokenizer.encode(task.prefix), tokenizer.encode(task.middle),
                             tokenizer.encode(task.suffix))
   fitted = span_infill.fit_context(prefix, len(middle), suffix, max_len)
   if fitted is None:
     return None
-  return span_infill.Example.from_span(fitted[0], middle, fitted[1])
+  return infilling.Example.from_span(fitted[0], middle, fitted[1])
 
 
 def evaluate(params, cfg, tokenizer, *, methods: Sequence[str] = ("sequential", "assd"),

@@ -24,6 +24,7 @@ from typing import Any
 import jax
 
 from asarm_jax import data as data_lib
+from asarm_jax import infilling
 from asarm_jax.evals import report
 from asarm_jax.evals import span_infill
 
@@ -120,7 +121,7 @@ def evaluate(params, cfg, tokenizer, *, dataset: str, split: str = "validation",
                               tokenizer.encode(story.suffix))
     fitted = span_infill.fit_context(prefix, len(middle), suffix, max_len)
     posed.append(None if fitted is None else
-                 span_infill.Example.from_span(fitted[0], middle, fitted[1]))
+                 infilling.Example.from_span(fitted[0], middle, fitted[1]))
   usable = [i for i, example in enumerate(posed) if example is not None]
   results: dict[str, Any] = {
       "task": "story_infill",
