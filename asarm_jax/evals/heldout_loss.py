@@ -75,7 +75,8 @@ def unconditional_samples(params, cfg, *, num_samples: int, length: int, method:
                           draft_len: int = 5, batch_size: int = 16, seed: int = 0
                           ) -> tuple[np.ndarray, report.SamplingStats]:
   """`num_samples` sequences of `length` tokens from an empty prompt, left to right, T = 1."""
-  stats = report.SamplingStats(method=method, draft_len=draft_len if method == "assd" else 1)
+  stats = report.SamplingStats(method=method,
+                               draft_len=report.drafts_per_round(method, draft_len))
   rows = []
   key = jax.random.key(seed)
   for start in range(0, num_samples, batch_size):
@@ -107,7 +108,7 @@ def evaluate(params, cfg, tokenizer, *, source: str = "stdlib", split: str = "va
     num_batches, batch_size: how much held-out data.
     seed: hidden sets and sampling seed.
     num_samples: unconditional samples for the entropy check (0 skips it).
-    sample_method: 'assd' or 'sequential' (the same law; ASSD is faster).
+    sample_method: one of `sampling.METHODS` (all draw from the same law; ASSD is faster).
     draft_len: ASSD's k.
   """
   masking = objective.MaskingConfig() if masking is None else masking

@@ -26,10 +26,10 @@ import numpy as np
 
 from asarm_jax import masks as masks_lib
 from asarm_jax import sampling
-from asarm_jax.evals.report import SamplingStats
+from asarm_jax.evals import report
 from asarm_jax.model import ModelConfig
 
-METHODS = ("sequential", "assd", "oracle")
+METHODS = (*sampling.METHODS, "oracle")  # the oracle: the reference itself, without sampling
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +120,7 @@ class Infilled:
   tokens: list[np.ndarray]
   nfe: np.ndarray
   rounds: np.ndarray
-  stats: SamplingStats
+  stats: report.SamplingStats
 
 
 def infill_examples(params, cfg: ModelConfig, examples: Sequence[Example], rng: jax.Array, *,
@@ -132,11 +132,11 @@ def infill_examples(params, cfg: ModelConfig, examples: Sequence[Example], rng: 
     params, cfg: the model.
     examples: what to fill (see `Example`).
     rng: PRNG key; example i uses `fold_in(rng, i)`.
-    method: 'sequential', 'assd', or 'oracle' (returns the reference tokens without sampling: a
-      check of everything around the sampler).
+    method: one of `sampling.METHODS`, or 'oracle' (returns the reference tokens without
+      sampling: a check of everything around the sampler).
     batch_size: rows per sampler call.
     length_bucket: sequence lengths are rounded up to a multiple of this (at most cfg.max_len).
-    draft_len: ASSD's k.
+    draft_len: ASSD's k (both ASSD methods).
     **sampling_kwargs: temperature, top_k, top_p, banned_ids (see `sampling.sample`).
 
   Returns:
@@ -145,7 +145,8 @@ def infill_examples(params, cfg: ModelConfig, examples: Sequence[Example], rng: 
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}; got {method!r}")
   check_examples(examples, cfg)
-  stats = SamplingStats(method=method, draft_len=draft_len if method == "assd" else 1)
+  stats = report.SamplingStats(method=method,
+                               draft_len=report.drafts_per_round(method, draft_len))
   nfe = np.zeros((len(examples),), np.int64)
   rounds = np.zeros((len(examples),), np.int64)
   if method == "oracle":
