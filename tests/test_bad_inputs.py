@@ -587,7 +587,7 @@ def test_cli_mistake_is_one_line_and_status_2(row: CliRow, cli_results):
 
 
 _HELP_COMMANDS = {"train.py": (str(ROOT / "train.py"),), "sample.py": (str(ROOT / "sample.py"),),
-                  "evals": ("-m", "asarm_jax.evals")}
+                  "evals": ("-m", "asarm_jax.evals"), "main_job": ("-m", "asarm_jax.cli.main_job")}
 
 
 @pytest.mark.parametrize("name", list(_HELP_COMMANDS))
@@ -597,7 +597,7 @@ def test_cli_help_exits_0_and_lists_the_flags(name):
                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
   assert done.returncode == 0, done.stderr[-3000:]
   assert "--workdir" in done.stdout
-  if name == "train.py":
+  if name in ("train.py", "main_job"):
     assert "--config.KEY=value" in done.stdout
   if name == "evals":
     assert "--task" in done.stdout and "assd_fused" in done.stdout

@@ -70,26 +70,15 @@ def _check_methods(methods: list[str]) -> bool:
   return True
 
 
-def _check_rates(rates: list[str]) -> bool:
-  try:
-    values = [float(r) for r in rates]
-  except ValueError:
-    raise flags.ValidationError("must be comma-separated numbers") from None
-  if not values or any(not 0.0 <= r <= 1.0 for r in values):
-    raise flags.ValidationError("must lie in [0, 1]")
-  return True
-
-
 # Checked while parsing the flags, before any model is loaded; the error names the flag.
 flags.register_validator("method", _check_methods)
-flags.register_validator("rates", _check_rates)
+common.register_fractions_validator("rates", closed=True)
 flags.register_validator("temperature", lambda t: t >= 0, "must be >= 0 (0 is greedy)")
 flags.register_validator("top_p", lambda p: 0 < p <= 1, "must be in (0, 1] (1 = off)")
 flags.register_validator("timeout", lambda t: t > 0, "must be > 0")
 flags.register_validator("num_samples", lambda n: n >= 0, "must be >= 0")
-for _name in ("draft_len", "limit", "batch_size", "max_len", "workers", "num_batches",
-              "num_sentences"):
-  flags.register_validator(_name, lambda n: n is None or n >= 1, "must be >= 1")
+common.register_positive_validators("draft_len", "limit", "batch_size", "max_len", "workers",
+                                    "num_batches", "num_sentences")
 
 
 def _check_workdir(workdir: str) -> None:
