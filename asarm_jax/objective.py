@@ -1,4 +1,4 @@
-"""The any-order joint objective used to train AS-ARMs (design notes §2).
+"""The any-order joint objective used to train AS-ARMs: the paper's recipe (arXiv 2504.20456).
 
 For every example of a batch:
 1. a masking rate is drawn: stratified across the batch (example s of B draws uniformly from bin s of

@@ -393,11 +393,17 @@ def _eval_settings(run: run_config.RunConfig) -> list[tuple[str, float, float]]:
   return settings
 
 
+def eval_key(seed: int) -> jax.Array:
+  """The PRNG key of held-out evaluation: batch i hides the positions drawn from
+  `fold_in(eval_key(seed), i)` (here and in `asarm_jax.evals.heldout_loss`)."""
+  return jax.random.fold_in(jax.random.key(seed), 0x5EED)
+
+
 def evaluate(trainer: Trainer, params: Any, batches: list[dict[str, np.ndarray]],
              seed: int) -> dict[str, float]:
   """Held-out loss/accuracy/perplexity under every eval setting; the same hidden sets every call."""
   results = {}
-  key = jax.random.fold_in(jax.random.key(seed), 0x5EED)
+  key = eval_key(seed)
   for suffix, low, high in _eval_settings(trainer.run):
     merged = None
     for index, local_batch in enumerate(batches):

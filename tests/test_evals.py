@@ -12,6 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from asarm_jax import checkpoint
+from asarm_jax import metrics as metrics_lib
 from asarm_jax import train_lib
 from asarm_jax.evals import heldout_loss
 from asarm_jax.evals import humaneval_infill
@@ -254,6 +255,20 @@ def test_cli_humaneval_end_to_end(tmp_path, run_dir):
     sampling = results["methods"][method]["sampling"]
     assert sampling["nfe"] > 0 and sampling["tokens_per_second"] > 0
     assert len(results["methods"][method]["tasks"]) == 3
+
+
+def test_cli_heldout_loss_defaults_score_what_training_scored(tmp_path, run_dir):
+  """With the run's own settings (the defaults) the CLI evaluates the sequences and hidden sets of
+  training's last evaluation, so it reports the same loss."""
+  trained = [r for r in metrics_lib.read_metrics(run_dir) if "eval/loss@0.5" in r][-1]
+  out = tmp_path / "heldout.json"
+  done = _evals_cli("--workdir", run_dir, "--task", "heldout_loss", "--rates", "0.5",
+                    "--num_samples", "0", "--out", str(out))
+  assert done.returncode == 0, done.stderr[-3000:]
+  results = json.loads(out.read_text())
+  assert (results["settings"]["num_batches"], results["settings"]["batch_size"]) == (1, 8)
+  assert results["losses"][0]["hidden_tokens"] == trained["eval/hidden_tokens@0.5"]
+  assert results["losses"][0]["loss_nats"] == pytest.approx(trained["eval/loss@0.5"], rel=1e-5)
 
 
 def test_method_labels():

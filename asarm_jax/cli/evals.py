@@ -40,8 +40,10 @@ _LIMIT = flags.DEFINE_integer(
     "limit", None, "humaneval_infill: a seeded uniform sample of this many tasks (default all "
     "1033); story_infill: the first N usable stories (default 200).")
 _SUBSET_SEED = flags.DEFINE_integer("subset_seed", 0, "Seed of the --limit sample.")
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling / masking seed.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "Sampler rows per call.")
+_SEED = flags.DEFINE_integer("seed", None, "Sampling / masking seed (default: the run's seed).")
+_BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size", None, "Sampler rows per call (default 16); heldout_loss: sequences per batch "
+    "(default: the run's eval_batch_size).")
 _MAX_LEN = flags.DEFINE_integer(
     "max_len", None, "Context budget in tokens (default: the run's training seq_len).")
 _OUT = flags.DEFINE_string("out", None, "JSON results file (default <workdir>/evals/<task>.json).")
@@ -50,7 +52,9 @@ _TIMEOUT = flags.DEFINE_float("timeout", 10.0, "humaneval_infill: seconds per pr
 _WORKERS = flags.DEFINE_integer("workers", 2, "humaneval_infill: programs run at once.")
 _RATES = flags.DEFINE_list("rates", [str(r) for r in heldout_loss.DEFAULT_RATES],
                            "heldout_loss: comma-separated fixed masking rates in [0, 1].")
-_NUM_BATCHES = flags.DEFINE_integer("num_batches", 8, "heldout_loss: held-out batches.")
+_NUM_BATCHES = flags.DEFINE_integer(
+    "num_batches", None, "heldout_loss: held-out batches (default: the run's num_eval_batches; "
+    "with the default --batch_size and --seed, the sequences and hidden sets training evaluates).")
 _NUM_SAMPLES = flags.DEFINE_integer(
     "num_samples", 16, "heldout_loss: unconditional samples for the unigram-entropy check (0: "
     "none).")
@@ -107,7 +111,10 @@ def main():
   config = checkpoint.read_run(workdir).get("config", {})
   seq_len = int(config.get("seq_len", cfg.max_len))
   max_len = min(_MAX_LEN.value or seq_len, cfg.max_len)
-  sampler = dict(draft_len=_DRAFT_LEN.value, batch_size=_BATCH_SIZE.value, seed=_SEED.value)
+  seed = int(config.get("seed", 0)) if _SEED.value is None else _SEED.value
+  default_batch = int(config.get("eval_batch_size", 16)) if task == "heldout_loss" else 16
+  sampler = dict(draft_len=_DRAFT_LEN.value, batch_size=_BATCH_SIZE.value or default_batch,
+                 seed=seed)
   if task == "humaneval_infill":
     module = humaneval_infill
     results = humaneval_infill.evaluate(
@@ -122,8 +129,9 @@ def main():
     results = heldout_loss.evaluate(
         params, cfg, tokenizer, source=data.get("source", "stdlib"),
         split=data.get("eval_split", "validation"), text_key=data.get("text_key", "text"),
-        data_dir=data.get("data_dir"), seq_len=seq_len, masking=masking,
-        rates=[float(r) for r in _RATES.value], num_batches=_NUM_BATCHES.value,
+        data_dir=data.get("data_dir"), max_documents=data.get("max_documents"), seq_len=seq_len,
+        masking=masking, rates=[float(r) for r in _RATES.value],
+        num_batches=_NUM_BATCHES.value or int(config.get("num_eval_batches", 8)),
         num_samples=0 if methods[0] == "oracle" else _NUM_SAMPLES.value,
         sample_method=methods[0], **sampler)
   else:
