@@ -8,7 +8,6 @@ CORE = [
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
     "tensorflow-datasets==4.9.10",
-    "chex==0.1.92",
     "ml-collections==1.1.0",
     "grain==0.2.18",
     "clu==0.0.12",

@@ -110,11 +110,8 @@ class ModelConfig:
   @classmethod
   def from_dict(cls, values: dict) -> "ModelConfig":
     """Builds a config from a dict, rejecting unknown keys by name."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(f"unknown ModelConfig keys {unknown}; known keys are {sorted(known)}")
-    return cls(**values)
+    from asarm_jax import config_util  # pylint: disable=g-import-not-at-top
+    return config_util.from_dict(cls, values, owner="ModelConfig")
 
 
 def _normal(cfg: ModelConfig, axes: tuple[str, ...]):

@@ -1,4 +1,4 @@
-"""The any-order joint objective used to train AS-ARMs (design notes §2).
+"""The any-order joint objective used to train AS-ARMs: the paper's recipe (arXiv 2504.20456).
 
 For every example of a batch:
 1. a masking rate is drawn: stratified across the batch (example s of B draws uniformly from bin s of
@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from clu import metrics as clu_metrics
 
+from asarm_jax import config_util
 from asarm_jax import masks as masks_lib
 from asarm_jax.model import ASARM, ModelConfig
 
@@ -63,11 +64,7 @@ class MaskingConfig:
   @classmethod
   def from_dict(cls, values: dict[str, Any]) -> "MaskingConfig":
     """Builds a config from a dict, rejecting unknown keys by name."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(f"unknown objective keys {unknown}; known keys are {sorted(known)}")
-    return cls(**values)
+    return config_util.from_dict(cls, values, owner="objective")
 
 
 @flax.struct.dataclass

@@ -1,9 +1,10 @@
 """The training config: its schema, and checks that run before any work starts.
 
-A training config is an `ml_collections.ConfigDict` (see configs/default.py) with sections
-`model`, `data`, `objective` and `optimizer` and the top-level keys of `TOP_LEVEL_KEYS`. `parse`
-turns it into typed, validated dataclasses and rejects unknown keys by name; `validate_data`
-opens the data sources. Errors are ValueError / FileNotFoundError with a message naming the key.
+A training config is an `ml_collections.ConfigDict` (see configs/default.py) whose keys are the
+fields of `RunConfig`: the sections `model`, `data`, `objective` and `optimizer` and the top-level
+settings. `parse` turns it into typed, validated dataclasses and rejects unknown or missing keys by
+name; the data sources are opened by `train_lib.train_and_evaluate` before any work. Errors are
+ValueError with a message naming the key.
 """
 from __future__ import annotations
 
@@ -12,28 +13,13 @@ from typing import Any
 
 import ml_collections
 
+from asarm_jax import config_util
 from asarm_jax.model import ModelConfig
 from asarm_jax.objective import MaskingConfig
 
 SCHEDULE_DECAYS = ("linear", "cosine", "constant")
-TOP_LEVEL_KEYS = frozenset({
-    "seed", "distributed", "model", "data", "objective", "optimizer", "seq_len", "batch_size",
-    "grad_accum_steps", "num_train_steps", "mesh_shape", "logical_axis_rules", "log_every_steps",
-    "eval_every_steps", "num_eval_batches", "eval_batch_size", "eval_rates",
-    "checkpoint_every_steps", "keep_checkpoints", "async_checkpointing", "progress_bar",
-    "measure_peak_flops", "init_from", "nonfinite_policy",
-})
 NONFINITE_POLICIES = ("skip", "stop")
-SECTIONS = ("model", "data", "objective", "optimizer")
-
-
-def _from_dict(cls, values: dict[str, Any], section: str):
-  known = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(values) - known)
-  if unknown:
-    raise ValueError(f"unknown config keys {[f'{section}.{k}' for k in unknown]}; "
-                     f"known keys of config.{section} are {sorted(known)}")
-  return cls(**values)
+_SCALARS = {"int": int, "float": float, "bool": bool, "str": str}  # field type -> conversion
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,11 +89,11 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-  """A parsed, validated training config (model sizes without the vocabulary, which the tokenizer
-  decides)."""
+  """A parsed, validated training config: its fields are the config's keys (model sizes without
+  the vocabulary, which the tokenizer decides)."""
   model: dict[str, Any]
   data: DataConfig
-  masking: MaskingConfig
+  objective: MaskingConfig
   optimizer: OptimizerConfig
   seed: int
   distributed: str
@@ -158,11 +144,9 @@ def parse(config: ml_collections.ConfigDict) -> RunConfig:
       batch size not divisible by grad_accum_steps.
   """
   values = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
-  unknown = sorted(set(values) - TOP_LEVEL_KEYS)
-  if unknown:
-    raise ValueError(f"unknown config keys {unknown}; known top-level keys are "
-                     f"{sorted(TOP_LEVEL_KEYS)}")
-  missing = sorted(TOP_LEVEL_KEYS - set(values))
+  config_util.reject_unknown_keys(RunConfig, values, owner="config")
+  fields = dataclasses.fields(RunConfig)
+  missing = sorted(f.name for f in fields if f.name not in values)
   if missing:
     raise ValueError(f"config lacks keys {missing}")
   model = dict(values["model"])
@@ -171,33 +155,18 @@ def parse(config: ml_collections.ConfigDict) -> RunConfig:
       raise ValueError(f"config.model.{key} is set by the tokenizer; remove it from the config")
   # Validate the model section now with a stand-in vocabulary.
   _ = ModelConfig.from_dict({**model, "vocab_size": 8, "mask_token_id": 0})
-  run = RunConfig(
-      model=model,
-      data=_from_dict(DataConfig, values["data"], "data"),
-      masking=_from_dict(MaskingConfig, values["objective"], "objective"),
-      optimizer=_from_dict(OptimizerConfig, values["optimizer"], "optimizer"),
-      seed=int(values["seed"]),
-      distributed=values["distributed"],
-      seq_len=int(values["seq_len"]),
-      batch_size=int(values["batch_size"]),
-      grad_accum_steps=int(values["grad_accum_steps"]),
-      num_train_steps=int(values["num_train_steps"]),
-      mesh_shape=tuple(values["mesh_shape"]),
-      logical_axis_rules=(None if values["logical_axis_rules"] is None
-                          else tuple(values["logical_axis_rules"])),
-      log_every_steps=int(values["log_every_steps"]),
-      eval_every_steps=int(values["eval_every_steps"]),
-      num_eval_batches=int(values["num_eval_batches"]),
-      eval_batch_size=int(values["eval_batch_size"]),
-      eval_rates=tuple(float(r) for r in values["eval_rates"]),
-      checkpoint_every_steps=int(values["checkpoint_every_steps"]),
-      keep_checkpoints=int(values["keep_checkpoints"]),
-      async_checkpointing=bool(values["async_checkpointing"]),
-      progress_bar=bool(values["progress_bar"]),
-      measure_peak_flops=bool(values["measure_peak_flops"]),
-      init_from=values["init_from"] or None,
-      nonfinite_policy=values["nonfinite_policy"],
-  )
+  sections = {name: config_util.from_dict(cls, values[name], owner="config", prefix=f"{name}.")
+              for name, cls in (("data", DataConfig), ("objective", MaskingConfig),
+                                ("optimizer", OptimizerConfig))}
+  scalars = {f.name: _SCALARS[f.type](values[f.name]) for f in fields if f.type in _SCALARS}
+  run = RunConfig(**{
+      **values, **scalars, **sections, "model": model,
+      "mesh_shape": tuple(values["mesh_shape"]),
+      "logical_axis_rules": (None if values["logical_axis_rules"] is None
+                             else tuple(values["logical_axis_rules"])),
+      "eval_rates": tuple(float(r) for r in values["eval_rates"]),
+      "init_from": values["init_from"] or None,
+  })
   _check_values(run)
   return run
 

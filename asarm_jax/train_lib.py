@@ -281,8 +281,19 @@ def eval_step(params: Any, batch: dict[str, jax.Array], rng: jax.Array, low: jax
   return loss_metrics
 
 
+def check_mesh(run: run_config.RunConfig, mesh: jax.sharding.Mesh) -> None:
+  """Raises ValueError unless the mesh's data x fsdp size divides the run's (micro and eval) batch
+  sizes."""
+  sharding_lib.check_batch_divisible(run.micro_batch_size, mesh, "batch_size / grad_accum_steps")
+  sharding_lib.check_batch_divisible(run.eval_batch_size, mesh, "eval_batch_size")
+
+
 class Trainer:
-  """The sharded, jitted pieces of a run: mesh, state shardings, init, train and eval steps."""
+  """The sharded, jitted pieces of a run: mesh, state shardings, init, train and eval steps.
+
+  The mesh must fit the run's batch sizes (`check_mesh`, which `train_and_evaluate` runs before
+  any work).
+  """
 
   def __init__(self, run: run_config.RunConfig, model_cfg: ModelConfig,
                mesh: jax.sharding.Mesh | None = None):
@@ -290,9 +301,6 @@ class Trainer:
     self.model_cfg = model_cfg
     self.mesh = sharding_lib.make_mesh(run.mesh_shape) if mesh is None else mesh
     self.rules = sharding_lib.rules_from_config(run.logical_axis_rules)
-    sharding_lib.check_batch_divisible(run.micro_batch_size, self.mesh,
-                                       "batch_size / grad_accum_steps")
-    sharding_lib.check_batch_divisible(run.eval_batch_size, self.mesh, "eval_batch_size")
     self.schedule = learning_rate_schedule(run.optimizer, num_train_steps=run.num_train_steps,
                                            batch_size=run.batch_size)
     self.tx = make_optimizer(run.optimizer, self.schedule)
@@ -301,7 +309,7 @@ class Trainer:
     replicated = sharding_lib.replicated(self.mesh)
     init = functools.partial(init_state, model_cfg=model_cfg, tx=self.tx)
     self._init = jax.jit(init, out_shardings=self.state_shardings)
-    step = functools.partial(train_step, model_cfg=model_cfg, masking=run.masking, tx=self.tx,
+    step = functools.partial(train_step, model_cfg=model_cfg, masking=run.objective, tx=self.tx,
                              schedule=self.schedule, accum_steps=run.grad_accum_steps)
     self._train_step = jax.jit(
         self._in_context(step),
@@ -310,7 +318,7 @@ class Trainer:
     self._step_key = jax.jit(
         lambda rng, step: jax.random.fold_in(jax.random.wrap_key_data(rng), step),
         out_shardings=replicated)
-    evaluate = functools.partial(eval_step, model_cfg=model_cfg, masking=run.masking)
+    evaluate = functools.partial(eval_step, model_cfg=model_cfg, masking=run.objective)
     self._eval_step = jax.jit(
         self._in_context(evaluate),
         in_shardings=(self.state_shardings.params, self.batch_sharding, replicated, replicated,
@@ -380,16 +388,22 @@ class Trainer:
 
 def _eval_settings(run: run_config.RunConfig) -> list[tuple[str, float, float]]:
   """(metric suffix, low, high): the training range after warm-up, then each fixed eval rate."""
-  settings = [("", run.masking.min_rate, run.masking.max_rate)]
+  settings = [("", run.objective.min_rate, run.objective.max_rate)]
   settings += [(f"@{rate:g}", rate, rate) for rate in run.eval_rates]
   return settings
+
+
+def eval_key(seed: int) -> jax.Array:
+  """The PRNG key of held-out evaluation: batch i hides the positions drawn from
+  `fold_in(eval_key(seed), i)` (here and in `asarm_jax.evals.heldout_loss`)."""
+  return jax.random.fold_in(jax.random.key(seed), 0x5EED)
 
 
 def evaluate(trainer: Trainer, params: Any, batches: list[dict[str, np.ndarray]],
              seed: int) -> dict[str, float]:
   """Held-out loss/accuracy/perplexity under every eval setting; the same hidden sets every call."""
   results = {}
-  key = jax.random.fold_in(jax.random.key(seed), 0x5EED)
+  key = eval_key(seed)
   for suffix, low, high in _eval_settings(trainer.run):
     merged = None
     for index, local_batch in enumerate(batches):
@@ -476,8 +490,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if run.init_from:
     _check_init_from(run)
   mesh = sharding_lib.make_mesh(run.mesh_shape)
-  sharding_lib.check_batch_divisible(run.micro_batch_size, mesh, "batch_size / grad_accum_steps")
-  sharding_lib.check_batch_divisible(run.eval_batch_size, mesh, "eval_batch_size")
+  check_mesh(run, mesh)
   for split in (run.data.train_split, run.data.eval_split):
     data_lib.open_source(run.data.source, split, text_key=run.data.text_key,
                          data_dir=run.data.data_dir)

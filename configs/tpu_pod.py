@@ -9,7 +9,7 @@ The text corpus is C4 read from a prepared TFDS array_record directory (nothing 
       --config.data.data_dir=gs://BUCKET/tfds
 
 Every host runs the same command; jax.distributed initializes from the TPU environment.
-Masking follows the paper's general-text setting, 0.15 -> [0.85, 0.99] (design notes §2).
+Masking follows the paper's general-text setting, 0.15 -> [0.85, 0.99] (arXiv 2504.20456).
 """
 import os
 import sys

@@ -1,4 +1,4 @@
-"""XLNet-base sizes with the paper's training recipe (design notes §2).
+"""XLNet-base sizes with the paper's training recipe (arXiv 2504.20456).
 
 12 layers, d_model 768, 12 heads of 64, d_inner 3072, dropout 0.1, sequences of 512, AdamW with
 linear warm-up then linear decay, gradient clipping 1.0, an effective batch of 64 (8 x 8 accumulation

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from asarm_jax import processors, speculation
+from asarm_jax import processors, sampling, speculation
 from asarm_jax.model import ASARM, ModelConfig, init_params
 
 VOCAB = 4      # token ids 0, 1, 2 are samplable
@@ -183,6 +183,48 @@ def compare_law(samples: np.ndarray, case: Case, law: np.ndarray) -> LawReport:
   exp = exp * obs.sum() / exp.sum()  # exact renormalisation (law sums to 1 up to float32 rounding)
   pvalue = float(stats.chisquare(obs, exp).pvalue) if len(obs) > 1 else 1.0
   return LawReport(case.name, pvalue, float(tv), float(tv_bound))
+
+
+# ------------------------------------------------------------------------------------------------
+# Exactness by enumeration: PER_CASE samples of every case of CASES in one batched call, checked
+# against the exact laws (test_sampling_exact.py, test_sampling_fused.py, test_sampling_cache.py).
+
+PER_CASE = 20_000
+SAMPLINGS = {
+    "t1": dict(temperature=1.0),
+    "t0.7": dict(temperature=0.7),
+    "t1_topk2": dict(temperature=1.0, top_k=2),
+    "t0.7_topp0.8": dict(temperature=0.7, top_p=0.8),
+}
+
+
+_LAWS = {}
+
+
+def laws(model, sampling_name):
+  """Exact laws of every case under one sampling config (cached)."""
+  if sampling_name not in _LAWS:
+    cfg, params = model
+    options = SAMPLINGS[sampling_name]
+    config = processors.SamplingConfig(temperature=options["temperature"],
+                                       top_k=options.get("top_k", 0),
+                                       top_p=options.get("top_p", 1.0), banned_ids=(MASK_ID,))
+    _LAWS[sampling_name] = [exact_law(cfg, params, case, config) for case in CASES]
+  return _LAWS[sampling_name]
+
+
+def draw(model, seed, **options):
+  """PER_CASE samples of every case from one batched call: (tokens [4 * PER_CASE, N], output)."""
+  cfg, params = model
+  tokens, ranks, num_prompt = case_batch(CASES, PER_CASE)
+  out = sampling.sample(params, cfg, tokens, ranks, num_prompt, jax.random.key(seed), **options)
+  return np.asarray(out.tokens), out
+
+
+def check_all(samples, case_laws):
+  """LawReports of every case; the rows of case c are the c-th block of PER_CASE."""
+  return [compare_law(samples[c * PER_CASE:(c + 1) * PER_CASE], case, law)
+          for c, (case, law) in enumerate(zip(CASES, case_laws))]
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -460,15 +460,29 @@ CLI_ROWS = [
     CliRow("train.py/missing_tokenizer_path",
            _train("--config.data.tokenizer_path={d}/no_such/tokenizer.model"),
            r"Tokenizer model not found: .*no_such/tokenizer\.model"),
+    CliRow("evals/no_workdir", _evals("--task", "heldout_loss"),
+           r"^error: evals needs --workdir DIR and --task NAME \(one of humaneval_infill, "
+           r"heldout_loss, story_infill\)"),
     CliRow("evals/unknown_task", _evals("--workdir", "{d}", "--task", "perplexity"),
-           r"argument --task: invalid choice: 'perplexity' \(choose from 'humaneval_infill', "
-           r"'heldout_loss', 'story_infill'"),
+           r"^error: flag --task=perplexity: value should be one of "
+           r"<humaneval_infill\|heldout_loss\|story_infill>$"),
+    CliRow("evals/bad_method",
+           _evals("--workdir", "{d}", "--task", "heldout_loss", "--method", "sequential,beam"),
+           r"^error: flag --method=.*: unknown method\(s\) \['beam'\]; choose from assd, "
+           r"assd_fused, sequential, oracle \(comma-separated\)$"),
+    CliRow("evals/rates_out_of_range",
+           _evals("--workdir", "{d}", "--task", "heldout_loss", "--rates", "0.5,2"),
+           r"^error: flag --rates=.*: must lie in \[0, 1\]$"),
     CliRow("evals/missing_workdir",
            _evals("--workdir", "{d}/missing", "--task", "heldout_loss", "--out", "{d}/out.json"),
-           r"--workdir '.*/missing' does not exist"),
+           r"^error: --workdir .*/missing: does not exist$"),
+    CliRow("evals/not_a_run_directory",
+           _evals("--workdir", "{d}/workdir", "--task", "heldout_loss", "--out", "{d}/out.json"),
+           r"^error: --workdir .*/workdir: not a training run directory \(no run\.json\)",
+           files=(("workdir/notes", "x"),)),
     CliRow("evals/workdir_without_checkpoint",
            _evals("--workdir", "{d}/workdir", "--task", "heldout_loss", "--out", "{d}/out.json"),
-           r"error: Tokenizer model not found: .*workdir/tokenizer\.model",
+           r"^error: Tokenizer model not found: .*workdir/tokenizer\.model",
            files=(("workdir/run.json", json.dumps(_RUN_ONLY)),)),
 ]
 
@@ -563,8 +577,7 @@ def test_cli_refuses_and_leaves_no_files(row: CliRow, cli_results):
       f"files changed: before {result.before}, after {result.after}")
 
 
-@pytest.mark.parametrize("row", [pytest.param(row, id=row.name) for row in CLI_ROWS
-                                 if not row.name.startswith("evals/")])
+@pytest.mark.parametrize("row", [pytest.param(row, id=row.name) for row in CLI_ROWS])
 def test_cli_mistake_is_one_line_and_status_2(row: CliRow, cli_results):
   result = cli_results[row.name]
   lines = [line for line in result.stderr.splitlines()
@@ -573,14 +586,21 @@ def test_cli_mistake_is_one_line_and_status_2(row: CliRow, cli_results):
   assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
 
 
-@pytest.mark.parametrize("script", ["train.py", "sample.py"])
-def test_cli_help_exits_0_and_lists_the_flags(script):
-  done = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True,
-                        text=True, timeout=CLI_TIMEOUT_S, cwd=ROOT)
+_HELP_COMMANDS = {"train.py": (str(ROOT / "train.py"),), "sample.py": (str(ROOT / "sample.py"),),
+                  "evals": ("-m", "asarm_jax.evals"), "main_job": ("-m", "asarm_jax.cli.main_job")}
+
+
+@pytest.mark.parametrize("name", list(_HELP_COMMANDS))
+def test_cli_help_exits_0_and_lists_the_flags(name):
+  done = subprocess.run([sys.executable, *_HELP_COMMANDS[name], "--help"], capture_output=True,
+                        text=True, timeout=CLI_TIMEOUT_S, cwd=ROOT,
+                        env=dict(os.environ, PYTHONPATH=str(ROOT)))
   assert done.returncode == 0, done.stderr[-3000:]
   assert "--workdir" in done.stdout
-  if script == "train.py":
+  if name in ("train.py", "main_job"):
     assert "--config.KEY=value" in done.stdout
+  if name == "evals":
+    assert "--task" in done.stdout and "assd_fused" in done.stdout
 
 
 @pytest.mark.parametrize("row", _cli_params("traceback_xfail"))

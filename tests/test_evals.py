@@ -1,6 +1,10 @@
 """Evaluations: HumanEval infilling pipeline, held-out loss, story infilling, the CLI."""
 import json
 import math
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -8,8 +12,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from asarm_jax import checkpoint
+from asarm_jax import metrics as metrics_lib
 from asarm_jax import train_lib
-from asarm_jax.evals import __main__ as cli
 from asarm_jax.evals import heldout_loss
 from asarm_jax.evals import humaneval_infill
 from asarm_jax.evals import humaneval_tasks
@@ -22,6 +26,8 @@ from train_helpers import tiny_config
 # Tasks whose hidden line is essential: an `if`, a `return True`, an assignment, a `return`.
 TASK_INDICES = (2, 5, 8, 21)
 SMALL = dict(max_len=64, batch_size=4)  # one compiled sampler shape for every test below
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 STORIES = [
     "Tom had a dog. The dog liked to run. One day the dog ran away! Tom looked everywhere. "
@@ -219,47 +225,57 @@ def test_story_that_does_not_fit_is_skipped_not_scored_as_empty(model):
 # --- the command line ------------------------------------------------------------------------
 
 
-def _cli_error(capsys, argv):
-  with pytest.raises(SystemExit) as raised:
-    cli.parse_args(argv)
-  assert raised.value.code == 2
-  return capsys.readouterr().err
+def _evals_cli(*argv):
+  """`python -m asarm_jax.evals ARGV` in its own process (its flags are global to a process)."""
+  return subprocess.run([sys.executable, "-m", "asarm_jax.evals", *argv], capture_output=True,
+                        text=True, timeout=300, cwd=ROOT,
+                        env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
-def test_cli_rejects_bad_arguments_with_clear_messages(capsys, tmp_path, run_dir):
-  err = _cli_error(capsys, ["--workdir", run_dir, "--task", "mmlu"])
-  assert "invalid choice: 'mmlu'" in err and "humaneval_infill" in err
-  err = _cli_error(capsys, ["--task", "heldout_loss"])
-  assert "--workdir" in err and "required" in err
-  err = _cli_error(capsys, ["--workdir", str(tmp_path / "nowhere"), "--task", "heldout_loss"])
-  assert "does not exist" in err
-  err = _cli_error(capsys, ["--workdir", str(tmp_path), "--task", "heldout_loss"])
-  assert "not a training run directory" in err
-  err = _cli_error(capsys, ["--workdir", run_dir, "--task", "story_infill"])
-  assert "needs --dataset" in err
-  err = _cli_error(capsys, ["--workdir", run_dir, "--task", "humaneval_infill",
-                            "--method", "sequential,beam"])
-  assert "unknown method" in err and "beam" in err
-  err = _cli_error(capsys, ["--workdir", run_dir, "--task", "heldout_loss", "--rates", "0.5,2"])
-  assert "[0, 1]" in err
+def test_cli_story_infill_without_dataset_is_one_line(run_dir):
+  done = _evals_cli("--workdir", run_dir, "--task", "story_infill")
+  assert done.returncode == 2 and done.stderr.strip() == (
+      "error: --task story_infill needs --dataset tfds:<name> (and --text_key if the text "
+      "feature is not 'text')")
 
 
-def test_cli_humaneval_end_to_end(capsys, tmp_path, run_dir):
+def test_cli_humaneval_end_to_end(tmp_path, run_dir):
   out = tmp_path / "results.json"
-  code = cli.main(["--workdir", run_dir, "--task", "humaneval_infill", "--limit", "3",
-                   "--method", "sequential,assd,oracle", "--max_len", "64", "--batch_size", "4",
-                   "--out", str(out)])
-  assert code == 0
-  printed = capsys.readouterr().out
-  assert "pass@1" in printed and "assd k=5" in printed and str(out) in printed
+  done = _evals_cli("--workdir", run_dir, "--task", "humaneval_infill", "--limit", "3",
+                    "--method", "sequential,assd,assd_fused,oracle", "--max_len", "64",
+                    "--batch_size", "4", "--out", str(out))
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "pass@1" in done.stdout and "assd k=5" in done.stdout and str(out) in done.stdout
+  assert "assd_fused k=5" in done.stdout
   results = json.loads(out.read_text())
   assert results["settings"]["num_tasks"] == 3 and results["settings"]["limit"] == 3
   assert "seeded" in results["settings"]["subset"]
   assert results["methods"]["oracle"]["pass_at_1"] == 1.0
-  for method in ("sequential", "assd"):
+  for method in ("sequential", "assd", "assd_fused"):
     sampling = results["methods"][method]["sampling"]
     assert sampling["nfe"] > 0 and sampling["tokens_per_second"] > 0
     assert len(results["methods"][method]["tasks"]) == 3
+
+
+def test_cli_heldout_loss_defaults_score_what_training_scored(tmp_path, run_dir):
+  """With the run's own settings (the defaults) the CLI evaluates the sequences and hidden sets of
+  training's last evaluation, so it reports the same loss."""
+  trained = [r for r in metrics_lib.read_metrics(run_dir) if "eval/loss@0.5" in r][-1]
+  out = tmp_path / "heldout.json"
+  done = _evals_cli("--workdir", run_dir, "--task", "heldout_loss", "--rates", "0.5",
+                    "--num_samples", "0", "--out", str(out))
+  assert done.returncode == 0, done.stderr[-3000:]
+  results = json.loads(out.read_text())
+  assert (results["settings"]["num_batches"], results["settings"]["batch_size"]) == (1, 8)
+  assert results["losses"][0]["hidden_tokens"] == trained["eval/hidden_tokens@0.5"]
+  assert results["losses"][0]["loss_nats"] == pytest.approx(trained["eval/loss@0.5"], rel=1e-5)
+
+
+def test_method_labels():
+  assert [report.method_label(m, 5) for m in ("sequential", "assd", "assd_fused", "oracle")] == [
+      "sequential", "assd k=5", "assd_fused k=5", "oracle"]
+  assert [report.drafts_per_round(m, 5) for m in span_infill.METHODS] == [
+      1 if m in ("sequential", "oracle") else 5 for m in span_infill.METHODS]
 
 
 def test_sampling_stats_merge_and_json():

@@ -69,7 +69,7 @@ def _tiny_state_and_step():
   tx = train_lib.make_optimizer(run.optimizer, schedule)
   state = train_lib.init_state(jax.random.key(0), model_cfg, tx)
   step = jax.jit(functools.partial(train_lib.train_step, model_cfg=model_cfg,
-                                   masking=run.masking, tx=tx, schedule=schedule))
+                                   masking=run.objective, tx=tx, schedule=schedule))
   return state, step
 
 

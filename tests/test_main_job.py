@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from asarm_jax import main_job
+from asarm_jax.cli import main_job
 from asarm_jax.evals import report
 from asarm_jax.data import StdlibCorpus
 from asarm_jax.data import train_tokenizer
@@ -29,7 +29,7 @@ def get_config():
 def _run(args, cwd):
   """The job as `scripts/main.sh` runs it: its own process, one CPU device."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  return subprocess.run([sys.executable, "-m", "asarm_jax.main_job", *args], cwd=cwd,
+  return subprocess.run([sys.executable, "-m", "asarm_jax.cli.main_job", *args], cwd=cwd,
                         capture_output=True, text=True, timeout=300,
                         env={**env, "PYTHONPATH": str(ROOT)})
 
@@ -73,7 +73,8 @@ def test_main_job_end_to_end(tmp_path, capsys):
 
 def test_main_job_rejects_bad_rates_and_foreign_dirs(tmp_path):
   result = _run(["--workdir", str(tmp_path / "run"), "--rates", "0.5,1.5"], cwd=tmp_path)
-  assert result.returncode != 0 and "--rates must lie in (0, 1)" in result.stderr
+  assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+      "error: flag --rates=['0.5', '1.5']: must lie in (0, 1)")
   (tmp_path / "afile").write_text("not a run")
   result = _run(["--workdir", str(tmp_path / "afile")], cwd=tmp_path)
   assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -1,4 +1,4 @@
-"""The cached samplers draw the same samples as the uncached ones, and the uncached ones stay exact.
+"""The cached samplers draw the same samples as the uncached ones, and the uncached ones stay lib.
 
 The cached forward equals the full one up to float rounding (test_cache.py), and both use the same
 keys in the same schedule, so with the same key the samples are identical unless rounding flips a
@@ -14,7 +14,6 @@ import pytest
 
 from asarm_jax import sampling
 import _sampling_testlib as lib
-import test_sampling_exact as exact
 
 BATCH = 48
 
@@ -82,10 +81,10 @@ _FAST = ("fused_k3-t1",)
     for name in UNCACHED_LAWS])
 def test_uncached_law_matches_enumeration(model, name):
   _, options, sampling_name = UNCACHED_LAWS[name]
-  options = {**options, **exact.SAMPLINGS[sampling_name], "use_cache": False}
-  samples, out = exact.draw(model, seed=zlib.crc32(f"uncached/{name}".encode()), **options)
-  reports = exact.check_all(samples, exact.laws(model, sampling_name))
+  options = {**options, **lib.SAMPLINGS[sampling_name], "use_cache": False}
+  samples, out = lib.draw(model, seed=zlib.crc32(f"uncached/{name}".encode()), **options)
+  reports = lib.check_all(samples, lib.laws(model, sampling_name))
   print(name, [(r.name, f"p={r.pvalue:.3g}", f"tv={r.tv:.4f}<={r.tv_bound:.4f}") for r in reports])
   assert all(r.ok for r in reports), reports
-  generated = np.array([len(c.hidden) for c in lib.CASES]).repeat(exact.PER_CASE)
+  generated = np.array([len(c.hidden) for c in lib.CASES]).repeat(lib.PER_CASE)
   assert np.all(np.asarray(out.nfe) <= generated)

@@ -1,8 +1,8 @@
 """Fused ASSD rounds and the adaptive draft length: accounting, exactness by enumeration, and checks
 that the law test catches deliberately wrong fused rules.
 
-The law tests reuse test_sampling_exact.py's draw (20,000 samples of each of its four cases in one
-ragged batch), laws and checks.
+The law tests use _sampling_testlib's draw (20,000 samples of each of its four cases in one ragged
+batch), laws and checks, as test_sampling_exact.py does.
 """
 import zlib
 
@@ -13,7 +13,6 @@ import pytest
 
 from asarm_jax import sampling, speculation
 import _sampling_testlib as lib
-import test_sampling_exact as exact
 
 BATCH = 48
 
@@ -126,14 +125,14 @@ LAW_CASES = (
     pytest.param(m, s, marks=[] if star else [pytest.mark.slow], id=f"{m}-{s}")
     for m, s, star in LAW_CASES])
 def test_law_matches_enumeration(model, method_name, sampling_name):
-  options = {**LAW_METHODS[method_name], **exact.SAMPLINGS[sampling_name]}
-  samples, out = exact.draw(model, seed=zlib.crc32(f"{method_name}/{sampling_name}".encode()),
-                            **options)
-  reports = exact.check_all(samples, exact.laws(model, sampling_name))
+  options = {**LAW_METHODS[method_name], **lib.SAMPLINGS[sampling_name]}
+  samples, out = lib.draw(model, seed=zlib.crc32(f"{method_name}/{sampling_name}".encode()),
+                          **options)
+  reports = lib.check_all(samples, lib.laws(model, sampling_name))
   print(method_name, sampling_name,
         [(r.name, f"p={r.pvalue:.3g}", f"tv={r.tv:.4f}<={r.tv_bound:.4f}") for r in reports])
   assert all(r.ok for r in reports), reports
-  generated = np.array([len(c.hidden) for c in lib.CASES]).repeat(exact.PER_CASE)
+  generated = np.array([len(c.hidden) for c in lib.CASES]).repeat(lib.PER_CASE)
   if options["method"] == "assd_fused":
     _check_fused_accounting(out, generated, options["draft_len"])
   assert np.all(np.asarray(out.nfe) <= generated)
@@ -144,9 +143,9 @@ def test_law_matches_enumeration(model, method_name, sampling_name):
 def test_checker_rejects_broken_fused_rules(model, variant):
   """Wrong fused rules fail the same check: surviving proposals tested with the laws of other rows
   ("stale_probs"), or every window's first proposal kept untested ("always_keep_first")."""
-  samples, _ = exact.draw(model, seed=0, method="assd_fused", draft_len=8, temperature=1.0,
-                          rules=lib.WRONG_RULES[variant])
-  reports = exact.check_all(samples, exact.laws(model, "t1"))
+  samples, _ = lib.draw(model, seed=0, method="assd_fused", draft_len=8, temperature=1.0,
+                        rules=lib.WRONG_RULES[variant])
+  reports = lib.check_all(samples, lib.laws(model, "t1"))
   print(variant, [(r.name, r.pvalue, r.tv, r.tv_bound) for r in reports])
   assert not all(r.ok for r in reports)
   assert min(r.pvalue for r in reports) < 1e-9

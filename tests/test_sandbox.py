@@ -4,7 +4,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 
 import pytest
 
@@ -47,12 +46,9 @@ def test_early_exit_does_not_count_as_passed():
   assert exited.status == "failed" and "before finishing" in exited.detail
 
 
-def test_infinite_loop_times_out_within_the_limit():
-  start = time.monotonic()
+def test_infinite_loop_times_out_at_the_wall_clock_limit():
   result = run_program("while True:\n    pass\n", 1.0)
-  elapsed = time.monotonic() - start
-  assert result.status == "timeout" and not result.passed
-  assert 1.0 <= elapsed < 2.5
+  assert result == Result(False, "timeout", "wall-clock limit of 1 s exceeded")
   assert not _child_pids()
 
 

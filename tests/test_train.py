@@ -205,4 +205,4 @@ def test_shipped_configs_are_valid(name):
   model_cfg = run.model_config(vocab_size=run.data.vocab_size, mask_token_id=3)
   assert run.seq_len <= model_cfg.max_len
   mesh = sharding.make_mesh(run.mesh_shape)  # on the 8 simulated devices
-  sharding.check_batch_divisible(run.micro_batch_size, mesh)
+  train_lib.check_mesh(run, mesh)

@@ -54,10 +54,12 @@ def synthetic_batch(batch_size, seq_len, seed=0, vocab=VOCAB, padded_rows=1):
 
 
 def make_trainer(mesh_shape, devices, **overrides):
-  """A Trainer of `tiny_config(**overrides)` (VOCAB tokens) on a `mesh_shape` mesh of `devices`."""
+  """A Trainer of `tiny_config(**overrides)` (VOCAB tokens) on a `mesh_shape` mesh of `devices`;
+  a mesh that does not fit the batch sizes raises ValueError (`train_lib.check_mesh`)."""
   run = run_config.parse(tiny_config(mesh_shape=mesh_shape, **overrides))
-  model_cfg = run.model_config(VOCAB, MASK_ID)
-  return train_lib.Trainer(run, model_cfg, sharding.make_mesh(mesh_shape, devices))
+  mesh = sharding.make_mesh(mesh_shape, devices)
+  train_lib.check_mesh(run, mesh)  # as train_and_evaluate does
+  return train_lib.Trainer(run, run.model_config(VOCAB, MASK_ID), mesh)
 
 
 def train_steps(trainer, state, steps, rows=slice(None)):

@@ -94,6 +94,30 @@ def config_value(holder: flags.FlagHolder):
     fail(f"--config {path}: cannot load the config file: {reasons[-1] if reasons else error}")
 
 
+def register_positive_validators(*names: str) -> None:
+  """Checks, while the flags are parsed, that each integer flag of `names` is unset or >= 1."""
+  for name in names:
+    flags.register_validator(name, lambda n: n is None or n >= 1, "must be >= 1")
+
+
+def register_fractions_validator(name: str, *, closed: bool) -> None:
+  """Checks, while the flags are parsed, that list flag `name` holds numbers in [0, 1] (`closed`)
+  or in (0, 1); the error names the flag."""
+  interval = "[0, 1]" if closed else "(0, 1)"
+
+  def check(values: list[str]) -> bool:
+    try:
+      numbers = [float(value) for value in values]
+    except ValueError:
+      raise flags.ValidationError("must be comma-separated numbers") from None
+    inside = (lambda x: 0 <= x <= 1) if closed else (lambda x: 0 < x < 1)
+    if not numbers or not all(inside(x) for x in numbers):
+      raise flags.ValidationError(f"must lie in {interval}")
+    return True
+
+  flags.register_validator(name, check)
+
+
 def _help_text(module_name: str, summary: str, has_config: bool) -> str:
   listing = flags.FLAGS.module_help(module_name)
   return f"{summary.strip()}\n\nFlags:\n{listing}\n" + (_CONFIG_HELP if has_config else "")

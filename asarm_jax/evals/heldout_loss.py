@@ -6,8 +6,9 @@ max(1, int(r * valid tokens)) uniformly chosen positions, reads the visible ones
 predicts the hidden ones in the run's hidden order. Reported per rate: the mean cross-entropy over
 hidden tokens in nats, in bits (nats / ln 2) and as perplexity, the accuracy of the argmax, and the
 counts of hidden and valid tokens. The batches are the first `num_batches` of the run's evaluation
-split in order (`data.eval_batches`), and the hidden sets are drawn from `seed`, so two calls with
-the same arguments score the same positions.
+split in order (`data.eval_batches`), and the hidden sets are drawn from `seed` as in training
+(`train_lib.eval_key`), so two calls with the same arguments score the same positions, and the
+run's own evaluation settings reproduce its training-time eval/loss@rate.
 
 Diversity (the paper's check that sampling does not collapse): the entropy of the unigram
 distribution of model samples versus that of held-out text. Samples are `num_samples` unconditional
@@ -36,12 +37,13 @@ DEFAULT_RATES = (0.15, 0.5, 0.9)
 
 
 def load_batches(tokenizer, *, source: str, split: str, seq_len: int, batch_size: int,
-                 num_batches: int, text_key: str = "text", data_dir: str | None = None
-                 ) -> list[dict[str, np.ndarray]]:
+                 num_batches: int, text_key: str = "text", data_dir: str | None = None,
+                 max_documents: int | None = None) -> list[dict[str, np.ndarray]]:
   """The first `num_batches` evaluation batches of a split (one process, no shuffling)."""
   return list(data_lib.eval_batches(source, split, tokenizer, seq_len, batch_size,
                                     num_batches=num_batches, process_index=0, process_count=1,
-                                    text_key=text_key, data_dir=data_dir))
+                                    text_key=text_key, data_dir=data_dir,
+                                    max_documents=max_documents))
 
 
 @functools.lru_cache(maxsize=8)
@@ -56,7 +58,7 @@ def masked_loss(params, cfg, batches: list[dict[str, np.ndarray]], rate: float, 
   if not 0.0 <= rate <= 1.0:
     raise ValueError(f"masking rates must lie in [0, 1]; got {rate}")
   step = _jitted_eval_step(cfg, masking)
-  key = jax.random.key(seed)
+  key = train_lib.eval_key(seed)
   merged = None
   for index, batch in enumerate(batches):
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
@@ -75,7 +77,8 @@ def unconditional_samples(params, cfg, *, num_samples: int, length: int, method:
                           draft_len: int = 5, batch_size: int = 16, seed: int = 0
                           ) -> tuple[np.ndarray, report.SamplingStats]:
   """`num_samples` sequences of `length` tokens from an empty prompt, left to right, T = 1."""
-  stats = report.SamplingStats(method=method, draft_len=draft_len if method == "assd" else 1)
+  stats = report.SamplingStats(method=method,
+                               draft_len=report.drafts_per_round(method, draft_len))
   rows = []
   key = jax.random.key(seed)
   for start in range(0, num_samples, batch_size):
@@ -95,25 +98,28 @@ def evaluate(params, cfg, tokenizer, *, source: str = "stdlib", split: str = "va
              seq_len: int = 128, masking: objective.MaskingConfig | None = None,
              rates=DEFAULT_RATES, num_batches: int = 8, batch_size: int = 16, seed: int = 0,
              num_samples: int = 16, sample_method: str = "assd", draft_len: int = 5,
-             text_key: str = "text", data_dir: str | None = None) -> dict[str, Any]:
+             text_key: str = "text", data_dir: str | None = None,
+             max_documents: int | None = None) -> dict[str, Any]:
   """Held-out loss at each rate and the unigram-entropy check (see the module docstring).
 
   Args:
     params, cfg, tokenizer: the model.
-    source, split, text_key, data_dir: the held-out documents (the run's evaluation split).
+    source, split, text_key, data_dir, max_documents: the held-out documents (the run's
+      evaluation split).
     seq_len: tokens per evaluated sequence (the run's training length).
     masking: the run's objective settings (hidden order); default `MaskingConfig()`.
     rates: fixed masking rates.
-    num_batches, batch_size: how much held-out data.
-    seed: hidden sets and sampling seed.
+    num_batches, batch_size: how much held-out data (the run's num_eval_batches and
+      eval_batch_size evaluate the set that training evaluates).
+    seed: hidden sets (`train_lib.eval_key`; the run's seed gives training's) and sampling seed.
     num_samples: unconditional samples for the entropy check (0 skips it).
-    sample_method: 'assd' or 'sequential' (the same law; ASSD is faster).
+    sample_method: one of `sampling.METHODS` (all draw from the same law; ASSD is faster).
     draft_len: ASSD's k.
   """
   masking = objective.MaskingConfig() if masking is None else masking
   batches = load_batches(tokenizer, source=source, split=split, seq_len=seq_len,
                          batch_size=batch_size, num_batches=num_batches, text_key=text_key,
-                         data_dir=data_dir)
+                         data_dir=data_dir, max_documents=max_documents)
   losses = [masked_loss(params, cfg, batches, float(rate), masking=masking, seed=seed)
             for rate in rates]
   data_entropy, data_tokens = metrics_lib.unigram_entropy(

@@ -64,8 +64,8 @@ def evaluate(params, cfg, tokenizer, *, methods: Sequence[str] = ("sequential", 
 
   Args:
     params, cfg, tokenizer: the model (see `checkpoint.load_for_inference`).
-    methods: any of 'sequential', 'assd', 'oracle' (the canonical line through the same
-      tokenize / decode / assemble / sandbox path: checks the pipeline, should pass every task).
+    methods: any of `span_infill.METHODS`; 'oracle' is the canonical line through the same
+      tokenize / decode / assemble / sandbox path (checks the pipeline, should pass every task).
     limit: evaluate a seeded sample of this many tasks (see the module docstring).
     subset_seed: seed of that sample.
     max_len: context budget in tokens (default cfg.max_len; capped at it).

@@ -16,14 +16,17 @@ from typing import Any
 
 import numpy as np
 
+_UNDRAFTED = ("sequential", "oracle")  # methods without drafts (the oracle samples nothing)
+
 
 @dataclasses.dataclass
 class SamplingStats:
   """Cost of sampling `rows` sequences with one method (sums over rows; seconds over calls).
 
   Attributes:
-    method: 'sequential', 'assd' or 'oracle' (the reference itself: no sampling, all zeros).
-    draft_len: ASSD's k (1 for sequential).
+    method: 'sequential', 'assd', 'assd_fused' or 'oracle' (the reference itself: no sampling,
+      all zeros).
+    draft_len: ASSD's k (1 for sequential; see `drafts_per_round`).
     rows: sequences sampled (padding rows of a batch excluded).
     tokens: hidden tokens generated.
     nfe: forward passes (`SampleOutput.nfe` summed over rows).
@@ -102,9 +105,14 @@ def _ratio(numerator: float, denominator: float) -> float:
   return float(numerator) / denominator if denominator else float("nan")
 
 
+def drafts_per_round(method: str, draft_len: int) -> int:
+  """ASSD's k for the speculative samplers ('assd', 'assd_fused'); 1 for the others."""
+  return 1 if method in _UNDRAFTED else draft_len
+
+
 def method_label(method: str, draft_len: int) -> str:
-  """'sequential', 'assd k=5' or 'oracle'."""
-  return f"assd k={draft_len}" if method == "assd" else method
+  """'sequential', 'assd k=5', 'assd_fused k=5' or 'oracle'."""
+  return method if method in _UNDRAFTED else f"{method} k={draft_len}"
 
 
 # ------------------------------------------------------------------------------------------------

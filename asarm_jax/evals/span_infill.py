@@ -15,11 +15,11 @@ import numpy as np
 
 from asarm_jax import infilling
 from asarm_jax import sampling
-from asarm_jax.evals.report import SamplingStats
+from asarm_jax.evals import report
 from asarm_jax.infilling import Example, check_examples
 from asarm_jax.model import ModelConfig
 
-METHODS = (*sampling.METHODS, "oracle")
+METHODS = (*sampling.METHODS, "oracle")  # the oracle: the reference itself, without sampling
 
 
 def fit_context(prefix: Sequence[int], middle_len: int, suffix: Sequence[int], max_len: int,
@@ -59,7 +59,7 @@ class Infilled:
   tokens: list[np.ndarray]
   nfe: np.ndarray
   rounds: np.ndarray
-  stats: SamplingStats
+  stats: report.SamplingStats
 
 
 def infill_examples(params, cfg: ModelConfig, examples: Sequence[Example], rng: jax.Array, *,
@@ -75,7 +75,7 @@ def infill_examples(params, cfg: ModelConfig, examples: Sequence[Example], rng: 
       a check of everything around the sampler).
     batch_size: rows per sampler call.
     length_bucket: sequence lengths are rounded up to a multiple of this (at most cfg.max_len).
-    draft_len: ASSD's k.
+    draft_len: ASSD's k (both ASSD methods).
     **sampling_kwargs: temperature, top_k, top_p, banned_ids, order, ... (see
       `infilling.fill_examples`).
 
@@ -85,8 +85,8 @@ def infill_examples(params, cfg: ModelConfig, examples: Sequence[Example], rng: 
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}; got {method!r}")
   check_examples(examples, cfg)
-  stats = SamplingStats(method=method, draft_len=1 if method in ("sequential", "oracle")
-                        else draft_len)
+  stats = report.SamplingStats(method=method,
+                               draft_len=report.drafts_per_round(method, draft_len))
   nfe = np.zeros((len(examples),), np.int64)
   rounds = np.zeros((len(examples),), np.int64)
   if method == "oracle":

@@ -102,7 +102,7 @@ def evaluate(params, cfg, tokenizer, *, dataset: str, split: str = "validation",
     params, cfg, tokenizer: the model.
     dataset: 'tfds:<name>' (or 'stdlib'): where the texts come from.
     split, text_key, data_dir: which split, which feature holds the text, TFDS data directory.
-    methods: any of 'sequential', 'assd', 'oracle'.
+    methods: any of `span_infill.METHODS`.
     limit: stories to evaluate (the first usable ones in split order); None: all.
     num_sentences: sentences per story (5 in the paper); the middle one is hidden.
     max_len: context budget in tokens (default cfg.max_len).

@@ -9,7 +9,7 @@
    forward passes (NFE), tokens per second and the speed-up of ASSD.
 3. Writes everything to <workdir>/main_job.json.
 
-python -m asarm_jax.main_job [--workdir runs/default] [--config configs/default.py]
+python -m asarm_jax.cli.main_job [--workdir runs/default] [--config configs/default.py]
     [--steps N] [--retrain] [--num_snippets 4] [--rates 0.5,0.9] [--draft_len 5]
 """
 from __future__ import annotations
@@ -20,9 +20,22 @@ import shutil
 import time
 from typing import Any
 
+import jax
 import numpy as np
+from absl import flags
+from ml_collections import config_flags
 
-DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py")
+from asarm_jax import checkpoint
+from asarm_jax import data as data_lib
+from asarm_jax import infilling
+from asarm_jax import metrics as metrics_lib
+from asarm_jax import run_config
+from asarm_jax import train_lib
+from asarm_jax.cli import common
+from asarm_jax.evals import report
+from asarm_jax.evals import span_infill
+
+DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parents[2] / "configs" / "default.py")
 SUMMARY_FILE = "main_job.json"
 HIDDEN_MARK = "\u2591"  # '░': one hidden token
 
@@ -33,7 +46,6 @@ HIDDEN_MARK = "\u2591"  # '░': one hidden token
 
 def finished_steps(workdir: str | os.PathLike) -> int | None:
   """The latest checkpoint step of the run in `workdir`, or None if there is no checkpoint."""
-  from asarm_jax import checkpoint  # pylint: disable=g-import-not-at-top
 
   if not (pathlib.Path(workdir) / checkpoint.RUN_FILE).exists():
     return None
@@ -42,10 +54,6 @@ def finished_steps(workdir: str | os.PathLike) -> int | None:
 
 def train(config, workdir: str, *, retrain: bool = False) -> dict[str, Any]:
   """Trains unless `workdir` holds a finished run of `config`; returns what happened."""
-  from asarm_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from asarm_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-  from asarm_jax import run_config  # pylint: disable=g-import-not-at-top
-  from asarm_jax import train_lib  # pylint: disable=g-import-not-at-top
 
   run = run_config.parse(config)
   path = pathlib.Path(workdir)
@@ -129,10 +137,7 @@ def hide(num_tokens: int, rate: float, seed: int) -> np.ndarray:
 def infill_snippets(params, cfg, tokenizer, snippets: list[dict[str, Any]], *, rates,
                     draft_len: int, temperature: float, seed: int) -> list[dict[str, Any]]:
   """Both samplers at every rate, all snippets in one batch: one result dict per (rate, method)."""
-  import jax  # pylint: disable=g-import-not-at-top
 
-  from asarm_jax import infilling  # pylint: disable=g-import-not-at-top
-  from asarm_jax.evals import span_infill  # pylint: disable=g-import-not-at-top
 
   results = []
   for rate in rates:
@@ -152,8 +157,8 @@ def infill_snippets(params, cfg, tokenizer, snippets: list[dict[str, Any]], *, r
             masked=tokenizer.decode(masked.tolist(), mask_text=HIDDEN_MARK),
             completion=tokenizer.decode(tokens.tolist()),
             token_matches=int(np.sum(tokens[example.hidden] == example.tokens[example.hidden]))))
-      results.append(dict(rate=rate, method=method, draft_len=draft_len if method == "assd"
-                          else 1, stats=filled.stats, snippets=rows))
+      results.append(dict(rate=rate, method=method, draft_len=filled.stats.draft_len,
+                          stats=filled.stats, snippets=rows))
   return results
 
 
@@ -163,7 +168,6 @@ def _indent(text: str, prefix: str = "    ") -> str:
 
 def format_completions(snippets: list[dict[str, Any]], results: list[dict[str, Any]]) -> str:
   """Each snippet: the original, then per rate the input and both completions."""
-  from asarm_jax.evals import report  # pylint: disable=g-import-not-at-top
 
   blocks = []
   for i, snippet in enumerate(snippets):
@@ -184,7 +188,6 @@ def format_completions(snippets: list[dict[str, Any]], results: list[dict[str, A
 
 def summary_table(results: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
   """NFE, tokens/s and the ASSD speed-up per rate; also returns the rows."""
-  from asarm_jax.evals import report  # pylint: disable=g-import-not-at-top
 
   rows = []
   for result in results:
@@ -221,10 +224,6 @@ def run(config, workdir: str, *, retrain: bool = False, num_snippets: int = 4,
         snippet_tokens: int = 48, rates=(0.5, 0.9), draft_len: int = 5,
         temperature: float = 1.0, seed: int = 0) -> dict[str, Any]:
   """The whole job (see the module docstring); returns the JSON summary it writes."""
-  from asarm_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from asarm_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  from asarm_jax import run_config  # pylint: disable=g-import-not-at-top
-  from asarm_jax.evals import report  # pylint: disable=g-import-not-at-top
 
   job_start = time.perf_counter()
   training = train(config, workdir, retrain=retrain)
@@ -269,10 +268,9 @@ def run(config, workdir: str, *, retrain: bool = False, num_snippets: int = 4,
 # Command line.
 
 
-def _define_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-
+def _define_flags() -> None:
+  """Defines the job's flags. Only the entry point calls this, so that tests and the notebook can
+  import the module next to the other applications, whose flag names it shares."""
   flags.DEFINE_string("workdir", "runs/default", "Run directory (reused when finished).")
   config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Training config file.")
   flags.DEFINE_integer("steps", None, "Override config.num_train_steps.")
@@ -283,39 +281,26 @@ def _define_flags():
   flags.DEFINE_integer("draft_len", 5, "ASSD drafts per round (k).")
   flags.DEFINE_float("temperature", 1.0, "Sampling temperature (0: greedy).")
   flags.DEFINE_integer("seed", 0, "Seed of the hidden positions and of sampling.")
-  return flags.FLAGS
+  common.register_fractions_validator("rates", closed=False)
+  flags.register_validator("temperature", lambda t: t >= 0, "must be >= 0 (0 is greedy)")
+  common.register_positive_validators("steps", "num_snippets", "snippet_tokens", "draft_len")
 
 
-def main(argv, flags_):
-  from absl import logging  # pylint: disable=g-import-not-at-top
-
-  from asarm_jax.cli import common  # pylint: disable=g-import-not-at-top
-
-  if len(argv) > 1:
-    raise SystemExit(f"Unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
-  # Orbax explains its read-only restores at WARNING level; keep them out of the printout.
-  logging.get_absl_handler().addFilter(
-      lambda record: "orbax" not in record.pathname or record.levelno >= 40)  # ERROR
-  config = flags_.config
-  if flags_.steps is not None:
-    config.num_train_steps = flags_.steps
+def main():
+  """Runs the job with the flags' settings; a bad --workdir is named in the error."""
+  values = flags.FLAGS
+  config = common.config_value(values["config"])
+  common.quiet_library_logs()
+  if values.steps is not None:
+    config.num_train_steps = values.steps
   try:
-    rates = tuple(float(r) for r in flags_.rates)
-  except ValueError:
-    raise SystemExit(f"--rates must be numbers; got {flags_.rates}") from None
-  if any(not 0 < r < 1 for r in rates):
-    raise SystemExit(f"--rates must lie in (0, 1); got {flags_.rates}")
-  try:
-    run(config, flags_.workdir, retrain=flags_.retrain, num_snippets=flags_.num_snippets,
-        snippet_tokens=flags_.snippet_tokens, rates=rates, draft_len=flags_.draft_len,
-        temperature=flags_.temperature, seed=flags_.seed)
+    run(config, values.workdir, retrain=values.retrain, num_snippets=values.num_snippets,
+        snippet_tokens=values.snippet_tokens, rates=tuple(float(r) for r in values.rates),
+        draft_len=values.draft_len, temperature=values.temperature, seed=values.seed)
   except common.USER_ERRORS as error:
-    common.fail(f"--workdir {flags_.workdir}: {error}" if isinstance(error, OSError) else error)
+    common.fail(f"--workdir {values.workdir}: {error}" if isinstance(error, OSError) else error)
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
-
-  _flags = _define_flags()
-  app.run(lambda argv: main(argv, _flags))
+  _define_flags()
+  common.run(main, module_name=__name__, summary=__doc__)
