@@ -33,7 +33,10 @@ from asarm_jax.cache import KVCache
 
 _MASKED_SCORE = -1e30
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    # The exact GELU, x * Phi(x), written with erf as torch and XLNet write it: on XLA's CPU backend
+    # jax.nn.gelu's erfc form cost twice as much (43 vs 82 us for 7 rows of 512 in a profile of a
+    # speculative round, where it was the largest op).
+    "gelu": lambda x: 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0)))),
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "relu": jax.nn.relu,
     "silu": jax.nn.silu,
@@ -199,7 +202,7 @@ class RelativeAttention(nn.Module):
     by_distance = jnp.einsum("bhrd,htd->bhrt",
                              (q + self.r_r_bias.astype(dt)[:, None]).astype(jnp.float32),
                              rel_keys.astype(jnp.float32))  # [B, H, R, 2N-1]
-    position_score = jnp.take_along_axis(by_distance, rows.columns, axis=-1)  # [B, H, R, N]
+    position_score = _relative_windows(by_distance, rows.starts, keys.shape[-1])  # [B, H, R, N]
     scores = (content_score + position_score) * (cfg.d_head ** -0.5) + rows.score_bias
     probs = jax.nn.softmax(scores, axis=-1)
     probs = jnp.where(rows.attends, probs, 0.0)  # rows with no visible key -> 0
@@ -210,11 +213,22 @@ class RelativeAttention(nn.Module):
     return self.layer_norm(out + x.astype(dt))
 
 
+def _relative_windows(by_distance: jax.Array, starts: jax.Array, length: int) -> jax.Array:
+  """Row r's scores for keys 0..N-1 from its scores by distance: by_distance [B, H, R, 2N-1] at
+  columns starts[b, r] + (0..N-1), as one contiguous window per row -> [B, H, R, N].
+
+  (A window gather ran 2-3.5x faster than an element-wise take_along_axis on XLA's CPU backend.)
+  """
+  per_row = jax.vmap(lambda scores, start: jax.lax.dynamic_slice_in_dim(scores, start, length, 1),
+                     in_axes=(1, 0), out_axes=1)  # [H, R, 2N-1], [R] -> [H, R, N]
+  return jax.vmap(per_row)(by_distance, starts)
+
+
 @flax.struct.dataclass
 class RowLayout:
   """What every layer's attention needs to know about the rows of a forward, built once per forward
   (`RowLayout.of`) instead of once per layer."""
-  columns: jax.Array     # int32 [B, 1, R, N]: column of the relative table for row r and key n
+  starts: jax.Array      # int32 [B, R]: the relative table column of row r's distance to key 0
   score_bias: jax.Array  # float32 [B, 1, R, N]: 0 where row r may attend to key n, else -1e30
   attends: jax.Array     # bool [B, 1, R, 1]: the row may attend to at least one key
 
@@ -222,10 +236,10 @@ class RowLayout:
   def of(cls, positions: jax.Array, mask: jax.Array) -> "RowLayout":
     """Rows at `positions` [B, R] with visibility `mask` [B, R, N]."""
     length = mask.shape[-1]
-    # Column t of the relative table holds distance N - 1 - t (`relative_table`), so distance
-    # i - j sits at t = N - 1 - i + j.
-    columns = (length - 1) - positions[:, :, None] + jnp.arange(length)[None, None, :]  # [B, R, N]
-    return cls(columns=jnp.clip(columns, 0, 2 * length - 2)[:, None],
+    # Column t of the relative table holds distance N - 1 - t (`relative_table`), so the distance
+    # i - j of row i to key j sits at t = N - 1 - i + j: a window of N columns from N - 1 - i. A
+    # padding row (position N) is clamped to the first window; its output is never used.
+    return cls(starts=(length - 1) - positions,
                score_bias=jnp.where(mask, 0.0, _MASKED_SCORE)[:, None].astype(jnp.float32),
                attends=jnp.any(mask, axis=-1)[:, None, :, None])
 

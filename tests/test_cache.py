@@ -61,10 +61,9 @@ def _random_state(cfg, params, seed):
   num_cached = np.maximum(n - rs.randint(0, 2, BATCH), num_prompt).astype(np.int32)
   tokens = rs.randint(0, lib.SAMPLABLE, (BATCH, LENGTH)).astype(np.int32)
   tokens = np.where(ranks < (n + m)[:, None], tokens, lib.MASK_ID)  # decided + drafts
-  state = sampling._initial_state(params, cfg, jnp.asarray(tokens), jnp.asarray(ranks),
-                                  jnp.asarray(num_prompt), jnp.full((BATCH,), LENGTH, jnp.int32),
-                                  jax.random.split(jax.random.key(seed), BATCH),
-                                  draft_len=DRAFT, use_cache=True)
+  sampler = sampling.Sampler.create(cfg, method="assd", draft_len=DRAFT)
+  batch = sampler.batch(tokens, ranks, num_prompt, jax.random.key(seed))
+  state = sampling._initial_state(params, sampler, batch)
   return state.replace(num_decided=jnp.asarray(n), num_cached=jnp.asarray(num_cached)), m
 
 
