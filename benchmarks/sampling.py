@@ -357,6 +357,8 @@ def finish_rows(rows: list[dict[str, Any]]) -> None:
     row["tokens_per_second"] = row["tokens_generated"] / row["run_seconds"]
     row["tokens_per_round"] = row["generated_per_row"] / row["rounds_mean"]
     row["nfe_per_token"] = row["nfe_mean"] / row["generated_per_row"]
+    # One loop iteration: a forward (sequential, fused ASSD, HF), a round of two for ASSD.
+    row["ms_per_iteration"] = row["run_seconds"] / row["rounds_max"] * 1e3
   sequential = {(*_setting(r), r["use_cache"]): r for r in rows
                 if r["implementation"] == OURS and r["method"] == "sequential"}
   hf = {_setting(r): r for r in rows if r["implementation"] == HF}
@@ -500,14 +502,23 @@ def _cache(row: dict[str, Any]) -> str:
 
 
 _COLUMNS = ("N", "hidden", "order", "batch", "method", "cache", "NFE", "rounds", "tok/round",
-            "compile s", "run s", "tok/s", "× seq", "NFE/seq", "× HF")
+            "compile s", "run s", "ms/forward", "tok/s", "× seq", "NFE/seq", "× HF")
+_MS_NOTE = ("ms/forward: run s / max rounds, the prefill included; for assd (†) a round of two "
+            "forwards (draft + verify).")
+
+
+def _two_forward_rounds(row: dict[str, Any]) -> bool:
+  """Whether a loop iteration of `row` is an ASSD round (draft + verify forwards)."""
+  return row["implementation"] == OURS and row["options"].get("method") == "assd"
 
 
 def _table_row(row: dict[str, Any]) -> str:
   cells = (str(row["seq_len"]), f"{row['hidden_fraction']:.0%}", row["order"], str(row["batch"]),
            _label(row), _cache(row), _fmt(row["nfe_mean"], ".1f"), _fmt(row["rounds_mean"], ".1f"),
            _fmt(row["tokens_per_round"]), _fmt(row["compile_seconds"], ".1f"),
-           _fmt(row["run_seconds"], ".3f"), _fmt(row["tokens_per_second"], ".1f"),
+           _fmt(row["run_seconds"], ".3f"),
+           _fmt(row["ms_per_iteration"], ".1f") + (" †" if _two_forward_rounds(row) else ""),
+           _fmt(row["tokens_per_second"], ".1f"),
            _fmt(row["speedup_vs_sequential"]), _fmt(row["nfe_ratio_vs_sequential"]),
            _fmt(row["speedup_vs_hf"], ".1f"))
   return "| " + " | ".join(cells) + " |"
@@ -544,7 +555,7 @@ def markdown(results: dict[str, Any], *, full: bool) -> str:
   headline = [r for r in rows if r["seq_len"] == head and r["hidden_fraction"] == 0.9
               and r["batch"] == 1 and r["order"] == "infill"
               and r["model"] == results["model"]["label"]]
-  lines += ["", f"N = {head}, 90% hidden, infill order, batch 1:", "", *header,
+  lines += ["", f"N = {head}, 90% hidden, infill order, batch 1. {_MS_NOTE}", "", *header,
             *(_table_row(r) for r in sorted(headline, key=_sort_key))]
   if full:
     lines += ["", "All configurations:", "", *header,

@@ -1,5 +1,10 @@
 """benchmarks/: the HF-torch peer baseline decodes like ours; the benchmark's JSON is consistent."""
+import dataclasses
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -105,7 +110,8 @@ _ROW_KEYS = {"implementation", "model", "method", "options", "exact", "use_cache
              "hidden_fraction", "order", "batch", "num_prompt", "generated_per_row", "tokens_generated",
              "nfe_mean", "nfe_max", "rounds_mean", "rounds_max", "accepted_mean", "drafted_mean",
              "tokens_per_round", "nfe_per_token", "compile_seconds", "run_seconds",
-             "run_seconds_all", "warmup", "tokens_per_second", "speedup_vs_sequential",
+             "run_seconds_all", "warmup", "tokens_per_second", "ms_per_iteration",
+             "speedup_vs_sequential",
              "nfe_ratio_vs_sequential", "speedup_vs_hf"}
 
 
@@ -165,6 +171,7 @@ def test_quick_benchmark_numbers_are_consistent(quick_results):
     assert r["run_seconds"] == pytest.approx(float(np.median(r["run_seconds_all"])))
     assert r["run_seconds"] > 0 and r["compile_seconds"] >= 0
     assert r["tokens_per_second"] == pytest.approx(r["tokens_generated"] / r["run_seconds"])
+    assert r["ms_per_iteration"] == pytest.approx(r["run_seconds"] / r["rounds_max"] * 1e3)
     if r["method"] == "sequential":
       assert r["nfe_mean"] == r["rounds_mean"] == generated
     base = sequential.get((r["seq_len"], r["hidden_fraction"], r["batch"], r["order"],
@@ -236,3 +243,128 @@ def test_make_problem_orders_share_the_hidden_subset(fraction):
   assert not np.array_equal(infill.ranks, shuffled.ranks)
   with pytest.raises(ValueError, match="order"):
     bench.make_problem(chunks, fraction, 3, seed=0, order="spiral")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The real-size block's quick mode: every configuration, the floors, the ratios and the targets.
+
+
+@pytest.fixture(scope="module")
+def real_size_quick(tmp_path_factory):
+  from benchmarks import real_size
+  out = tmp_path_factory.mktemp("real_size") / "quick.json"
+  lines = []
+  real_size.run_benchmark(real_size.QUICK, out=out, log=lines.append)
+  return out, json.loads(out.read_text()), lines
+
+
+def test_real_size_quick_covers_every_configuration(real_size_quick):
+  """Each (dtype, method, batch) is measured, or skipped with a reason; one progress line each."""
+  from benchmarks import real_size
+  out, results, lines = real_size_quick
+  planned = {(d, m, b) for d, m in real_size.CONFIGURATIONS for b in real_size.QUICK.batches}
+  done = {(r["dtype"], r["method"], r["batch"]) for r in results["results"]}
+  skipped = {(s["dtype"], s["method"], s["batch"]) for s in results["skipped"]}
+  assert done | skipped == planned and not done & skipped
+  assert {(d, m) for d, m, _ in done} >= {("float32", m) for m in ("sequential", "assd_fused",
+                                                                   "assd")}
+  assert all(s["reason"] for s in results["skipped"])
+  assert sum(line.startswith("[") for line in lines) == len(planned)
+  assert results["mode"] == "quick" and "run_benchmark" in results["command"]
+  assert "| target |" in out.with_suffix(".md").read_text()
+
+
+def test_real_size_quick_floors_and_ratios(real_size_quick):
+  _, results, _ = real_size_quick
+  floors = results["floors"]
+  assert set(floors["matmul"]) == {"float32", "bfloat16"}
+  for value in (floors["read_bandwidth"]["gb_per_second"],
+                *(m["gflop_per_second"] for m in floors["matmul"].values())):
+    assert np.isfinite(value) and value > 0
+  rows = results["results"]
+  sequential = {(r["dtype"], r["batch"]): r for r in rows if r["method"] == "sequential"}
+  for r in rows:
+    floor = r["floor"]
+    for key in ("weight_bytes", "cache_bytes", "flops", "flops_float32", "ms_memory", "ms_compute",
+                "ms"):
+      assert np.isfinite(floor[key]) and floor[key] > 0, key
+    assert floor["ms"] == pytest.approx(floor["ms_memory"] + floor["ms_compute"])
+    assert r["forwards_per_iteration"] == (2 if r["method"] == "assd" else 1)
+    assert r["generated_per_row"] == 30 and r["baseline_generated"] == 5
+    assert r["rounds_max"] > r["baseline_rounds_max"] >= 1
+    assert r["run_seconds"] == pytest.approx(float(np.median(r["run_seconds_all"])))
+    assert r["ms_per_iteration"] == pytest.approx(
+        (r["run_seconds"] - r["baseline_run_seconds"])
+        / (r["rounds_max"] - r["baseline_rounds_max"]) * 1e3)
+    assert r["ms_per_iteration_whole_run"] == pytest.approx(
+        r["run_seconds"] / r["rounds_max"] * 1e3)
+    assert r["tokens_per_second"] == pytest.approx(r["batch"] * 30 / r["run_seconds"])
+    assert np.isfinite(r["vs_floor"])
+    assert r["vs_floor"] == pytest.approx(r["ms_per_iteration"] / floor["ms"])
+    if r["method"] == "sequential":
+      assert r["nfe_mean"] == r["rounds_max"] == 30 and r["vs_sequential_forward"] is None
+    else:
+      base = sequential[(r["dtype"], r["batch"])]
+      assert r["vs_sequential_forward"] == pytest.approx(r["ms_per_iteration"]
+                                                         / base["ms_per_iteration"])
+
+
+def test_real_size_quick_targets_are_ratios_of_measured_values(real_size_quick):
+  from benchmarks import real_size
+  _, results, _ = real_size_quick
+  rows = {(r["dtype"], r["method"], r["batch"]): r for r in results["results"]}
+  targets = results["targets"]
+  names = [name for name, *_ in real_size.FLOOR_TARGETS] + ["fused_round_vs_sequential_forward_b1"]
+  assert set(targets) == {f"{name}_{dtype}" for name in names for dtype in ("float32", "bfloat16")}
+  for name, target in targets.items():
+    value, goal = target["measured"], target["target_value"]
+    if value is None:
+      assert not target["met"] and "not measured" in target["note"], name
+    else:
+      assert target["met"] == (value <= goal), name
+  assert targets["sequential_b1_vs_floor_float32"]["measured"] == pytest.approx(
+      rows[("float32", "sequential", 1)]["vs_floor"])
+  assert targets["fused_round_vs_sequential_forward_b1_float32"]["measured"] == pytest.approx(
+      rows[("float32", "assd_fused", 1)]["vs_sequential_forward"])
+  assert targets["sequential_b8_vs_floor_float32"]["measured"] is None  # quick: batches 1, 2
+
+
+def test_real_size_floor_follows_the_formula():
+  """XLNet-base, N = 512, batch 1, one sequential forward, against the docstring's formula."""
+  from benchmarks import real_size
+  cfg = real_size.XLNET_BASE
+  floors = dict(read_bandwidth=dict(gb_per_second=1.0),
+                matmul={"float32": dict(gflop_per_second=1.0),
+                        "bfloat16": dict(gflop_per_second=2.0)})
+  n, layers, width, hd = 512, 12, 768, 12 * 64
+  floor = real_size.forward_floor(cfg, 468_000_000, n, 1, 1, 1, floors)
+  assert floor["cache_bytes"] == (2 * layers * hd * n + layers * hd * (2 * n - 1)) * 4
+  feed_forward = 2 * width * 3072
+  flops_dtype = (2 * layers * ((4 * width * hd + feed_forward) + (2 * width * hd + feed_forward))
+                 + 2 * 2 * layers * hd * 2 * n)  # content row + query row; scores and values
+  flops_float32 = 2 * width * 32000 + 2 * 2 * layers * hd * (2 * n - 1)
+  assert floor["flops"] == flops_dtype + flops_float32 and floor["flops_float32"] == flops_float32
+  assert floor["ms"] == pytest.approx((468_000_000 + floor["cache_bytes"]) / 1e6
+                                      + (flops_dtype + flops_float32) / 1e6)
+  bf16 = real_size.forward_floor(dataclasses.replace(cfg, dtype="bfloat16"), 234_000_000, n, 1, 1,
+                                 1, floors)
+  assert bf16["cache_bytes"] == floor["cache_bytes"] // 2
+  assert bf16["ms_compute"] == pytest.approx(flops_dtype / 2e6 + flops_float32 / 1e6)
+  assembled = real_size.iteration_floor(cfg, 468_000_000, n, 1, "assd", 5, floors)
+  parts = [real_size.forward_floor(cfg, 468_000_000, n, 1, s, q, floors)
+           for s, q in ((1, 5), (5, 5))]
+  assert assembled["ms"] == pytest.approx(parts[0]["ms"] + parts[1]["ms"])
+
+
+@pytest.mark.parametrize("flags,message", [(["--generated=7"], "multiple of --draft_len"),
+                                           (["--batches=1,x"], "comma-separated integers"),
+                                           (["--quick", "--generated=40"], "no room")])
+def test_real_size_user_mistakes_are_one_line(flags, message):
+  """A user mistake: one line `error: ...`, exit status 2, before anything is measured."""
+  root = pathlib.Path(__file__).resolve().parent.parent
+  done = subprocess.run([sys.executable, "-m", "benchmarks.real_size", *flags], cwd=root,
+                        capture_output=True, text=True, timeout=120,
+                        env={**os.environ, "PYTHONPATH": str(root)})
+  assert done.returncode == 2, done.stderr
+  lines = done.stderr.splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
