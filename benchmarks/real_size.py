@@ -7,8 +7,7 @@ python -m benchmarks.real_size --quick         # a tiny shape: a smoke run of se
 Model: `XLNET_BASE` (d_model 768, 12 layers, 12 heads of 64, d_inner 3072, vocabulary 32000, ~117M
 parameters) with random weights (`init_params`; the time of a forward does not depend on them), in
 float32 and, through `asarm_jax.model.cast_for_inference`, in bfloat16. Every (dtype, method) of
-`CONFIGURATIONS` runs at every batch, cached, at N = 512; a dtype the library cannot cast to is
-listed under `skipped` with the reason.
+`CONFIGURATIONS` runs at every batch, cached, at N = 512.
 
 Problem: zero tokens (token ids do not change the time) with benchmarks/sampling.py's `make_problem`
 hidden subsets and infill order, a prompt of `PROMPT_LEN` = 32 ranks and `num_valid` = 32 + G, so
@@ -201,16 +200,6 @@ def iteration_floor(cfg: ModelConfig, weight_bytes: int, seq_len: int, batch: in
 # The sampler.
 
 
-def variant(cfg: ModelConfig, params, dtype: str) -> tuple[ModelConfig, Any] | str:
-  """(cfg, params) stored and computed in `dtype`, or why the library cannot provide them."""
-  if dtype == FLOAT32:
-    return cfg, params
-  cast = getattr(model_lib, "cast_for_inference", None)
-  if cast is None:
-    return "asarm_jax.model has no cast_for_inference in this checkout"
-  return cast(cfg, params, dtype)
-
-
 def time_configuration(cfg: ModelConfig, params, settings: Settings, batch: int, method: str,
                        seed: int) -> dict[str, Any]:
   """Compiles and times one (dtype, method, batch); the measured fields of a row."""
@@ -330,9 +319,6 @@ def markdown(results: dict[str, Any]) -> str:
            "forward's at the same batch and dtype.", "",
            "| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS),
            *(_table_row(r) for r in results["results"])]
-  if results["skipped"]:
-    lines += ["", "Skipped: " + "; ".join(f"{s['dtype']} {s['method']} batch {s['batch']}: "
-                                          f"{s['reason']}" for s in results["skipped"])]
   return "\n".join(lines) + "\n"
 
 
@@ -374,15 +360,10 @@ def run_benchmark(settings: Settings, *, out: str | os.PathLike | None = None, s
   num_params = int(sum(x.size for x in jax.tree.leaves(base_params)))
   configs = [(dtype, method, batch) for dtype, method in CONFIGURATIONS
              for batch in settings.batches]
-  variants, rows, skipped = {}, [], []
+  variants, rows = {}, []
   for index, (dtype, method, batch) in enumerate(configs):
     if dtype not in variants:
-      variants[dtype] = variant(base_cfg, base_params, dtype)
-    if isinstance(variants[dtype], str):
-      skipped.append(dict(dtype=dtype, method=method, batch=batch, reason=variants[dtype]))
-      log(f"[{index + 1}/{len(configs)}] {dtype} {method} batch {batch}: skipped "
-          f"({variants[dtype]})")
-      continue
+      variants[dtype] = model_lib.cast_for_inference(base_cfg, base_params, dtype)
     cfg, params = variants[dtype]
     weight_bytes = int(sum(x.nbytes for x in jax.tree.leaves(params)))
     row = dict(dtype=dtype, method=method, batch=batch, seq_len=settings.seq_len,
@@ -414,7 +395,6 @@ def run_benchmark(settings: Settings, *, out: str | os.PathLike | None = None, s
       floor_formula=__doc__[__doc__.index("The floor of one forward"):
                             __doc__.index("Reported per row")].strip(),
       results=rows,
-      skipped=skipped,
       targets=evaluate_targets(rows, list(dict.fromkeys(d for d, _ in CONFIGURATIONS))),
       total_seconds=time.perf_counter() - start)
   out.parent.mkdir(parents=True, exist_ok=True)
