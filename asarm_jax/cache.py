@@ -35,6 +35,9 @@ class KVCache:
   # L x [H, 2N-1, D]: each layer's projected relative-position embeddings (they depend only on the
   # parameters and N); None: the forward computes them.
   relative_keys: tuple[jax.Array, ...] | None = None
+  # float32 [M, V]: the LM head's weight (the tied embedding) transposed, for forwards of several
+  # query rows (`ASARM.init_cache`); None: the forward reads the embedding [V, M] itself.
+  output_weight: jax.Array | None = None
 
   @classmethod
   def zeros(cls, n_layers: int, batch: int, length: int, n_heads: int, d_head: int,

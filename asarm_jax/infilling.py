@@ -246,7 +246,7 @@ def fill_examples(params, cfg: ModelConfig, examples: Sequence[Example], rng, *,
   """
   _check_pipeline_options(order, batch_size=batch_size, length_bucket=length_bucket)
   check_examples(examples, cfg)
-  sampler = sampling.Sampler.create(cfg, **sampler_options)
+  sampler = sampling.Sampler.create(cfg, batch_size=batch_size, **sampler_options)
   row_keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(len(examples)))
   filled = []
   for length, indices in _batches(examples, batch_size, length_bucket, cfg.max_len):

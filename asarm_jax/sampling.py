@@ -101,8 +101,26 @@ from asarm_jax.cache import KVCache
 from asarm_jax.model import ASARM, ModelConfig
 
 METHODS = ("assd", "assd_fused", "sequential")
-DEFAULT_METHOD = "assd"  # what `sample` and the applications use unless told otherwise
-DEFAULT_DRAFT_LEN = 5    # k, likewise
+AUTO = "auto"  # the exact method measured fastest for the batch size on this backend
+DEFAULT_METHOD = AUTO  # what `sample` and the applications use unless told otherwise
+# k. Fused rounds with the trained default model on a 2-core CPU (N = 512, batch 1, infill order,
+# cache on; benchmarks/results): k = 3 was the fastest at 50% hidden (1.29x sequential; k = 2 1.22x,
+# k = 4 1.25x) and within 3% of k = 2 at 90% (1.14x vs 1.17x); k = 5 was 0.96-1.20x.
+DEFAULT_DRAFT_LEN = 3
+# The same measurements at larger batches: fused k = 3 was 1.12x sequential at batch 2 (50% hidden)
+# and 0.76x at batch 4 (90% hidden; 0.56x at batch 8, N = 256). On the CPU a fused round's 3K + 1
+# rows per batch row are matmul work, not overhead, so from 3 rows sequential decoding is faster.
+_CPU_FUSED_MAX_BATCH = 2
+
+
+def fastest_method(batch_size: int, backend: str | None = None) -> str:
+  """The exact method `method="auto"` resolves to for `batch_size` rows on `backend` (default:
+  jax.default_backend()): fused ASSD, except sequential decoding on the CPU from 3 rows (see
+  `_CPU_FUSED_MAX_BATCH`). Accelerators get fused ASSD at every batch size: their forwards stay
+  bound by reading weights and cache far longer, but that choice is not yet measured here."""
+  if (backend or jax.default_backend()) == "cpu" and batch_size > _CPU_FUSED_MAX_BATCH:
+    return "sequential"
+  return "assd_fused"
 
 
 @flax.struct.dataclass
@@ -418,8 +436,8 @@ def _initial_state(params, sampler: Sampler, batch: Batch) -> _LoopState:
       num_prompt=batch.num_prompt,
       num_valid=batch.num_valid,
       num_decided=batch.num_prompt,
-      cache=(ASARM(cfg).apply({"params": params}, rows, length, method=ASARM.init_cache)
-             if sampler.use_cache else None),
+      cache=(ASARM(cfg).apply({"params": params}, rows, length, method=ASARM.init_cache,
+                              query_rows=sampler.query_rows) if sampler.use_cache else None),
       num_cached=zeros,
       draft_tokens=jnp.zeros((rows, draft_len), jnp.int32),
       draft_probs=jnp.zeros((rows, draft_len, cfg.vocab_size), jnp.float32),
@@ -530,18 +548,25 @@ class Sampler:
   adaptive: bool
   rules: speculation.Rules = speculation.EXACT
 
+  @property
+  def query_rows(self) -> int:
+    """Query rows per batch row of a steady-state forward: 1, K (ASSD) or 2K (fused)."""
+    return {"sequential": 1, "assd": self.draft_len, "assd_fused": 2 * self.draft_len}[self.method]
+
   @classmethod
   def create(cls, cfg: ModelConfig, *, method: str = DEFAULT_METHOD,
              draft_len: int = DEFAULT_DRAFT_LEN, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, banned_ids: Sequence[int] = (), use_cache: bool = True,
-             adaptive: bool = False, rules: speculation.Rules = speculation.EXACT) -> Sampler:
+             adaptive: bool = False, batch_size: int = 1,
+             rules: speculation.Rules = speculation.EXACT) -> Sampler:
     """A validated Sampler.
 
     Args:
       cfg: the model's ModelConfig.
       method: "assd" (speculative; `draft_len` drafts per round, 2 forwards per round),
-        "assd_fused" (speculative, 1 forward per round that verifies and proposes) or
-        "sequential" (one token per NFE).
+        "assd_fused" (speculative, 1 forward per round that verifies and proposes),
+        "sequential" (one token per NFE), or "auto": `fastest_method(batch_size)` (fused ASSD
+        when `adaptive`). All are exact: they differ in speed only.
       draft_len: k, drafts per round (>= 1; k == 1 is sequential decoding); with `adaptive`, the
         largest k.
       temperature: >= 0; 0 is greedy (argmax) decoding.
@@ -552,13 +577,16 @@ class Sampler:
       adaptive: choose each row's draft length per round in [1, draft_len] from its acceptance
         history (speculative methods only; exact, but it saves no compute with static shapes,
         see speculation.py).
+      batch_size: the rows the sampler will be called on (only "auto" uses it).
       rules: leave at `speculation.EXACT` (the tests pass wrong rules here).
 
     Raises:
       ValueError: naming the bad option.
     """
+    if method == AUTO:
+      method = "assd_fused" if adaptive is True else fastest_method(batch_size)
     if method not in METHODS:
-      raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+      raise ValueError(f"method must be one of {(*METHODS, AUTO)}; got {method!r}")
     if (isinstance(draft_len, bool) or not isinstance(draft_len, (int, np.integer))
         or draft_len < 1):
       raise ValueError(f"draft_len must be an integer >= 1; got {draft_len!r}")
@@ -648,19 +676,25 @@ class Sampler:
     return out, compiled_at - start, time.perf_counter() - compiled_at
 
 
+def _num_rows(tokens) -> int:
+  """B of tokens [B, N] (1 for anything else: `Sampler.batch` rejects it)."""
+  return int(np.shape(tokens)[0]) if np.ndim(tokens) == 2 else 1
+
+
 def sample(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, *, num_valid=None,
            **options) -> SampleOutput:
   """`Sampler.create(cfg, **options)(params, tokens, ranks, num_prompt, rng, num_valid=...)`.
 
   Options (see `Sampler.create`): method, draft_len, temperature, top_k, top_p, banned_ids,
-  use_cache, adaptive. Raises ValueError naming a bad argument before anything is compiled.
+  use_cache, adaptive; "auto" resolves with the batch size B. Raises ValueError naming a bad
+  argument before anything is compiled.
   """
-  return Sampler.create(cfg, **options)(params, tokens, ranks, num_prompt, rng,
-                                        num_valid=num_valid)
+  sampler = Sampler.create(cfg, batch_size=_num_rows(tokens), **options)
+  return sampler(params, tokens, ranks, num_prompt, rng, num_valid=num_valid)
 
 
 def timed_sample(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, *, num_valid=None,
                  **options) -> tuple[SampleOutput, float, float]:
   """`sample`, compiled first: returns (output, compile seconds, run seconds)."""
-  return Sampler.create(cfg, **options).timed(params, tokens, ranks, num_prompt, rng,
-                                              num_valid=num_valid)
+  sampler = Sampler.create(cfg, batch_size=_num_rows(tokens), **options)
+  return sampler.timed(params, tokens, ranks, num_prompt, rng, num_valid=num_valid)

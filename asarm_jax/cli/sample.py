@@ -28,8 +28,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory to load 
 _RANDOM_MODEL = flags.DEFINE_bool("random_model", False,
                                   "Use an untrained small model instead of --workdir.")
 _TEXT = flags.DEFINE_string("text", None, "Text with [MASK] or [MASK*n] spans.")
-_METHOD = flags.DEFINE_enum("method", sampling.DEFAULT_METHOD, list(sampling.METHODS),
-                            "Sampler (all are exact).")
+_METHOD = flags.DEFINE_enum("method", sampling.DEFAULT_METHOD,
+                            [*sampling.METHODS, sampling.AUTO],
+                            "Sampler (all are exact; auto: the fastest for --batch on this "
+                            "backend).")
 _DRAFT_LEN = flags.DEFINE_integer("draft_len", sampling.DEFAULT_DRAFT_LEN,
                                    "ASSD drafts per round (k).")
 _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature; 0 is greedy.")

@@ -19,7 +19,7 @@ from asarm_jax.evals import report
 from asarm_jax.infilling import Example, check_examples
 from asarm_jax.model import ModelConfig
 
-METHODS = (*sampling.METHODS, "oracle")  # the oracle: the reference itself, without sampling
+METHODS = (*sampling.METHODS, sampling.AUTO, "oracle")  # oracle: the reference, not sampled
 
 
 def fit_context(prefix: Sequence[int], middle_len: int, suffix: Sequence[int], max_len: int,
@@ -84,6 +84,8 @@ def infill_examples(params, cfg: ModelConfig, examples: Sequence[Example], rng: 
   """
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+  if method == sampling.AUTO:
+    method = sampling.fastest_method(batch_size)  # the stats name the method that ran
   check_examples(examples, cfg)
   stats = report.SamplingStats(method=method,
                                draft_len=report.drafts_per_round(method, draft_len))
