@@ -191,6 +191,7 @@ def pose_batch(examples: Sequence[Example], length: int, *, order: str = "infill
   Returns:
     (tokens int32 [B, N], ranks int32 [B, N], num_prompt int32 [B], num_valid int32 [B]).
   """
+  _check_order(order)
   indices = range(len(examples)) if indices is None else indices
   tokens = np.zeros((len(examples), length), np.int32)  # [B, N]
   is_prompt = np.zeros((len(examples), length), bool)  # [B, N]
@@ -213,9 +214,12 @@ def pose_batch(examples: Sequence[Example], length: int, *, order: str = "infill
   return tokens, np.stack(ranks).astype(np.int32), num_prompt, num_valid
 
 
-def _check_pipeline_options(order: str, **sizes: int) -> None:
+def _check_order(order: str) -> None:
   if order not in ORDERS:
     raise ValueError(f"order must be one of {ORDERS}; got {order!r}")
+
+
+def _check_sizes(**sizes: int) -> None:
   for name, value in sizes.items():
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
       raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
@@ -244,7 +248,8 @@ def fill_examples(params, cfg: ModelConfig, examples: Sequence[Example], rng, *,
   Raises:
     ValueError: a bad example or option, before anything is compiled.
   """
-  _check_pipeline_options(order, batch_size=batch_size, length_bucket=length_bucket)
+  _check_sizes(batch_size=batch_size, length_bucket=length_bucket)
+  _check_order(order)  # before anything is compiled (pose_batch meets it after a compilation)
   check_examples(examples, cfg)
   sampler = sampling.Sampler.create(cfg, batch_size=batch_size, **sampler_options)
   row_keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(len(examples)))
@@ -340,8 +345,7 @@ def infill_many(params, cfg: ModelConfig, tokenizer, text: str, rng, *, num_samp
   Raises:
     ValueError: a malformed text, a text longer than the model's max_len, or a bad option.
   """
-  if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-    raise ValueError(f"num_samples must be an integer >= 1; got {num_samples!r}")
+  _check_sizes(num_samples=num_samples)
   parts, example, span_of = _pose(text, tokenizer, cfg)
   results = [None] * num_samples
   for batch in fill_examples(params, cfg, [example] * num_samples, rng, batch_size=num_samples,

@@ -188,28 +188,26 @@ def run(seq_lens: Sequence[int], batches: Sequence[int], method: str = "sequenti
   return results
 
 
-def _ints(text: str) -> list[int]:
-  return [int(x) for x in text.split(",") if x]
-
-
-def main(argv: Sequence[str]) -> None:
+def main() -> None:
+  """The command line (the flags below)."""
   from absl import flags
-  if len(argv) > 1:
-    raise SystemExit(f"unexpected arguments: {argv[1:]}")
+
+  from asarm_jax.cli import common
+
   values = flags.FLAGS
-  try:
-    run(_ints(values.seq_lens), _ints(values.batches), values.method, values.draft_len,
-        values.out)
-  except (ValueError, FileNotFoundError) as error:
-    sys.exit(f"error: {error}")
+  run(common.comma_integers(values.seq_lens, "seq_lens"),
+      common.comma_integers(values.batches, "batches"), values.method, values.draft_len,
+      values.out)
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import flags
+
+  from asarm_jax.cli import common
 
   flags.DEFINE_string("seq_lens", "128,512", "Comma-separated sequence lengths N.")
   flags.DEFINE_string("batches", "1,32", "Comma-separated batch sizes.")
   flags.DEFINE_enum("method", "sequential", list(sampling.METHODS), "The sampler to profile.")
   flags.DEFINE_integer("draft_len", 5, "k for ASSD methods.")
   flags.DEFINE_string("out", None, "JSON output (default benchmarks/results/profile_forward.json).")
-  app.run(main)
+  common.run(main, module_name=__name__, summary=__doc__)

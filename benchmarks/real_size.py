@@ -404,23 +404,19 @@ def run_benchmark(settings: Settings, *, out: str | os.PathLike | None = None, s
   return results
 
 
-def _ints(text: str, name: str) -> tuple[int, ...]:
-  try:
-    return tuple(int(x) for x in text.split(",") if x.strip())
-  except ValueError:
-    raise ValueError(f"--{name} must be comma-separated integers; got {text!r}") from None
-
-
 def main() -> None:
   """The command line: the flags of `_define_flags` over FULL or QUICK."""
   from absl import flags
+
+  from asarm_jax.cli import common
 
   values = flags.FLAGS
   settings = QUICK if values.quick else FULL
   overrides = dict(generated=values.generated, draft_len=values.draft_len, repeats=values.repeats)
   settings = dataclasses.replace(
       settings, **{k: v for k, v in overrides.items() if v is not None},
-      **({"batches": _ints(values.batches, "batches")} if values.batches is not None else {}))
+      **({"batches": common.comma_integers(values.batches, "batches")}
+         if values.batches is not None else {}))
   print(markdown(run_benchmark(settings, out=values.out, seed=values.seed,
                                command=" ".join(["python -m benchmarks.real_size",
                                                  *sys.argv[1:]]))))

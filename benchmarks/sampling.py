@@ -39,10 +39,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from asarm_jax import masks, sampling
+from asarm_jax import infilling, sampling
 from asarm_jax.model import ModelConfig, init_params
 
 SCHEMA_VERSION = 1
@@ -77,8 +76,11 @@ METHOD_SPECS = (
     _spec("assd_k4", "ASSD, 4 drafts per round", method="assd", draft_len=4),
     _spec("assd_k5", "ASSD, 5 drafts per round (the paper's k)", method="assd", draft_len=5),
     _spec("assd_k8", "ASSD, 8 drafts per round", method="assd", draft_len=8),
-    _spec("assd_fused_k5", "fused ASSD (one forward verifies and proposes), 5 proposals",
-          method="assd_fused", draft_len=5),
+    _spec("assd_fused_k2", "fused ASSD (one forward verifies and proposes), 2 proposals",
+          method="assd_fused", draft_len=2),
+    _spec("assd_fused_k3", "fused ASSD, 3 proposals (the library's default k)",
+          method="assd_fused", draft_len=3),
+    _spec("assd_fused_k5", "fused ASSD, 5 proposals", method="assd_fused", draft_len=5),
     _spec("assd_adaptive_k8", "ASSD, draft length adapted per row and round in [1, 8]",
           method="assd", draft_len=8, adaptive=True),
     _spec("assd_fused_adaptive_k8", "fused ASSD, draft length adapted in [1, 8]",
@@ -98,7 +100,7 @@ class Block:
   methods: tuple[str, ...] | None    # names in METHOD_SPECS; None = all, () = none (HF only)
   use_cache: tuple[bool, ...]
   hf: bool = False                   # also time the HF-torch sequential peer on these settings
-  order: str = "infill"              # of the hidden positions: "infill" or "random" (ORDERS)
+  order: str = "infill"              # of the hidden positions: one of infilling.ORDERS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,12 +116,11 @@ class Plan:
   supplementary_seq_len: int | None = None
 
 
-ORDERS = ("infill", "random")
 # The full plan: 57 configurations, 825 s for the default model on 2 CPU cores (compilation
 # dominates). Cached compilations depend on the prompt length
 # (`prefill_rows`), so every (N, hidden fraction, batch, method, cache) costs one. The uncached
 # sampler and the HF peer recompute the whole sequence every forward: they run where they are needed.
-_MAIN = ("sequential", "assd_k5", "assd_fused_k5")
+_MAIN = ("sequential", "assd_k5", "assd_fused_k3")
 FULL_PLAN = Plan(
     name="full",
     blocks=(
@@ -133,10 +134,10 @@ FULL_PLAN = Plan(
         Block((256,), (0.9,), (1,), ("sequential", "assd_k5"), (False,)),
         # Batching, cached; N = 128 is the default model's training length.
         Block((512,), (0.9,), (8, 32), _MAIN, (True,)),
-        Block((256,), (0.9,), (8, 32), ("sequential", "assd_fused_k5"), (True,)),
-        Block((128,), (0.9,), (1, 8, 32), ("sequential", "assd_fused_k5"), (True,)),
+        Block((256,), (0.9,), (8, 32), ("sequential", "assd_fused_k3"), (True,)),
+        Block((128,), (0.9,), (1, 8, 32), ("sequential", "assd_fused_k3"), (True,)),
         # The hidden positions in a random order (supplementary NFE figure).
-        Block((512,), (0.9,), (1, 8), ("sequential", "assd_k5", "assd_k8", "assd_fused_k5"),
+        Block((512,), (0.9,), (1, 8), ("sequential", "assd_k5", "assd_k8", "assd_fused_k3"),
               (True,), order="random"),
     ),
     headline_seq_len=512, repeats=3, long_run_s=2.0, supplementary_seq_len=128)
@@ -206,10 +207,8 @@ def load_model(*, workdir: str | None, random_model: bool, quick: bool, seed: in
                  "representative, NFE and acceptance rates are not"), tokenizer
   from asarm_jax import checkpoint  # orbax: slow to import, only needed here
   cfg, params, tokenizer = checkpoint.load_for_inference(workdir)
-  directory = pathlib.Path(workdir) / checkpoint.CHECKPOINT_DIR
-  steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
   return Model("trained", cfg, params,
-               f"trained checkpoint {workdir} (step {steps[-1]})"), tokenizer
+               f"trained checkpoint {workdir} (step {checkpoint.latest_step(workdir)})"), tokenizer
 
 
 def same_size_random(model: Model, max_len: int, seed: int) -> Model:
@@ -242,23 +241,21 @@ class Problem:
 
 def make_problem(chunks: np.ndarray, hidden_fraction: float, batch: int, seed: int,
                  order: str = "infill") -> Problem:
-  """Row b hides a random subset (seeded by (seed, N, fraction, b)) of chunk b.
-
-  The hidden positions are generated left to right (`order="infill"`) or in a random order drawn
-  from the same seed (`order="random"`); the hidden subsets are the same for both orders.
+  """Row b hides a random subset (seeded by (seed, N, fraction, b)) of chunk b, posed by the
+  library's infill pipeline (`infilling.pose_batch`): the hidden positions are generated left to
+  right (`order="infill"`) or in a random order seeded by `seed` (`order="random"`); the hidden
+  subsets are the same for both orders.
   """
-  if order not in ORDERS:
-    raise ValueError(f"order must be one of {ORDERS}; got {order!r}")
   length = chunks.shape[1]
   num_hidden = int(length * hidden_fraction)
-  sort_keys = np.tile(np.arange(length), (batch, 1))  # [B, N]: prompt keys < N <= hidden keys
+  examples = []
   for row in range(batch):
     rng = np.random.default_rng((seed, length, round(hidden_fraction * 1000), row))
-    hidden = rng.choice(length, num_hidden, replace=False)
-    shuffled = rng.permutation(hidden) if order == "random" else np.sort(hidden)
-    sort_keys[row, shuffled] = length + np.arange(num_hidden)
-  ranks = np.asarray(masks.ranks_from_sort_keys(jnp.asarray(sort_keys)), np.int32)
-  return Problem(chunks[:batch], ranks, length - num_hidden)
+    hidden = np.zeros(length, bool)
+    hidden[rng.choice(length, num_hidden, replace=False)] = True
+    examples.append(infilling.Example(tokens=chunks[row], hidden=hidden))
+  tokens, ranks, _, _ = infilling.pose_batch(examples, length, order=order, order_seed=seed)
+  return Problem(tokens, ranks, length - num_hidden)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -460,7 +457,28 @@ def evaluate_targets(rows: list[dict[str, Any]], plan: Plan, model_label: str
   large = max(b for block in plan.blocks for b in block.batches)
   scaling = {k: v for k, v in head.items() if k != "batch"}
   targets[f"batch{large}_vs_batch1_tokens_per_s"] = _batch_scaling(rows, scaling, large)
+
+  # 5. Speculation in wall-clock: the fastest exact speculative method / cached sequential.
+  for fraction, batch, goal in ((0.9, 1, 1.5), (0.5, 1, 1.8), (0.9, large, 1.3)):
+    where = {**head, "hidden_fraction": fraction, "batch": batch}
+    targets[f"speculative_vs_sequential_{round(fraction * 100)}_batch{batch}"] = (
+        _speculative_speedup(rows, where, goal))
   return targets
+
+
+def _speculative_speedup(rows, where: dict[str, Any], goal: float) -> dict[str, Any]:
+  """tokens/s of the fastest exact speculative method, cached, / cached sequential, at `where`."""
+  cached = _find(rows, implementation=OURS, exact=True, use_cache=True, **where)
+  sequential = [r for r in cached if r["method"] == "sequential"]
+  best = max((r for r in cached if r["method"] != "sequential"),
+             key=lambda r: r["tokens_per_second"], default=None)
+  value = (best["tokens_per_second"] / sequential[0]["tokens_per_second"]
+           if best and sequential else None)
+  return _target(
+      "tokens/s of the fastest exact speculative method / tokens/s of sequential decoding (both "
+      "cached)", value, goal, True, where,
+      best and {"method": best["method"], "ms_per_iteration": best["ms_per_iteration"]},
+      "needs cached sequential and speculative rows at this setting")
 
 
 def supplementary_figures(rows: list[dict[str, Any]], plan: Plan, model_label: str
@@ -748,20 +766,16 @@ def run_benchmark(*, workdir: str | None = None, random_model: bool = False, qui
   return results
 
 
-def main(argv: Sequence[str]) -> None:
+def main() -> None:
+  """The command line (the flags of `_define_flags`)."""
   from absl import flags
 
-  if len(argv) > 1:
-    raise SystemExit(f"unexpected arguments: {argv[1:]}")
   values = flags.FLAGS
-  try:
-    run_benchmark(workdir=values.workdir, random_model=values.random_model, quick=values.quick,
-                  out=values.out, seed=values.seed, temperature=values.temperature,
-                  top_k=values.top_k, top_p=values.top_p, repeats=values.repeats,
-                  hf=values.hf, plot=values.plot,
-                  command=" ".join(["python -m benchmarks.sampling", *sys.argv[1:]]))
-  except (ValueError, FileNotFoundError) as error:
-    sys.exit(f"error: {error}")
+  run_benchmark(workdir=values.workdir, random_model=values.random_model, quick=values.quick,
+                out=values.out, seed=values.seed, temperature=values.temperature,
+                top_k=values.top_k, top_p=values.top_p, repeats=values.repeats,
+                hf=values.hf, plot=values.plot,
+                command=" ".join(["python -m benchmarks.sampling", *sys.argv[1:]]))
 
 
 def _define_flags() -> None:
@@ -783,7 +797,7 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-  from absl import app
+  from asarm_jax.cli import common
 
   _define_flags()
-  app.run(main)
+  common.run(main, module_name=__name__, summary=__doc__)

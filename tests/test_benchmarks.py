@@ -193,7 +193,9 @@ def test_quick_benchmark_targets_are_ratios_of_measured_values(quick_results):
   rows = results["results"]
   targets = results["targets"]
   assert set(targets) == {"cache_speedup_assd", "best_exact_vs_hf", "nfe_best_vs_sequential_90",
-                          "batch2_vs_batch1_tokens_per_s"}
+                          "batch2_vs_batch1_tokens_per_s", "speculative_vs_sequential_90_batch1",
+                          "speculative_vs_sequential_50_batch1",
+                          "speculative_vs_sequential_90_batch2"}
   for name, target in targets.items():
     value, goal = target["measured"], target["target_value"]
     if value is None:
@@ -209,6 +211,10 @@ def test_quick_benchmark_targets_are_ratios_of_measured_values(quick_results):
       peer[0]["run_seconds"] / min(r["run_seconds"] for r in ours))
   assert targets["nfe_best_vs_sequential_90"]["measured"] == pytest.approx(
       min(r["nfe_ratio_vs_sequential"] for r in ours))
+  cached = {r["method"]: r["tokens_per_second"] for r in ours if r["use_cache"]}
+  speculative = targets["speculative_vs_sequential_90_batch1"]
+  assert speculative["measured"] == pytest.approx(
+      max(v for m, v in cached.items() if m != "sequential") / cached["sequential"])
   cache = targets["cache_speedup_assd"]
   for name, value in cache["detail"]["per_assd_spec"].items():
     runs = {r["use_cache"]: r["run_seconds"] for r in ours if r["method"] == name}

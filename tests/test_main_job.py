@@ -46,12 +46,13 @@ def test_main_job_end_to_end(tmp_path, capsys):
   out = first.stdout
   assert "Training" in out and "=== snippet 1/2" in out and "=== snippet 2/2" in out
   assert "original:" in out and "50% hidden" in out and "90% hidden" in out
-  assert "speed-up" in out and "assd k=5" in out and "sequential" in out
+  assert "speed-up" in out and "assd_fused k=3" in out and "sequential" in out
   summary = json.loads((workdir / main_job.SUMMARY_FILE).read_text())
   assert summary["training"]["trained_now"] and summary["training"]["steps"] == 2
   assert len(summary["snippets"]) == 2 and summary["settings"]["rates"] == [0.5, 0.9]
   by_key = {(r["rate"], r["method"]): r for r in summary["infilling"]}
-  assert set(by_key) == {(0.5, "sequential"), (0.5, "assd"), (0.9, "sequential"), (0.9, "assd")}
+  assert set(by_key) == {(0.5, "sequential"), (0.5, "assd_fused"), (0.9, "sequential"),
+                         (0.9, "assd_fused")}
   for (rate, method), result in by_key.items():
     stats = result["stats"]
     hidden = [max(1, int(rate * s["num_tokens"])) for s in summary["snippets"]]
@@ -61,7 +62,7 @@ def test_main_job_end_to_end(tmp_path, capsys):
       assert stats["nfe"] == stats["tokens"]
     else:
       assert stats["rounds"] <= stats["nfe"] <= stats["tokens"]
-  for snippet, row in zip(summary["snippets"], by_key[(0.5, "assd")]["snippets"]):
+  for snippet, row in zip(summary["snippets"], by_key[(0.5, "assd_fused")]["snippets"]):
     assert len(row["completion"]) > 0 and "\u2591" in row["masked"]
     assert snippet["text"].count("\n") >= 3
 

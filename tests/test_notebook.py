@@ -63,3 +63,29 @@ def test_notebook_executes_with_tiny_settings(tmp_path):
   assert "speed-up" in html and "Random order" in html and "round 1" in html
   assert len(images) == 1  # the per-round plot
   assert (tmp_path / "run" / "run.json").exists()
+
+
+def _install_cell(notebook) -> str:
+  return next(cell.source for cell in notebook.cells
+              if cell.cell_type == "code" and "def checkout(" in cell.source)
+
+
+@pytest.mark.parametrize("install_from, message", [
+    ("", "set INSTALL_FROM in the settings cell"),
+    ("/nonexistent/asarm_jax", "git clone /nonexistent/asarm_jax failed"),
+])
+def test_install_cell_outside_a_clone_stops_with_one_message(tmp_path, monkeypatch, install_from,
+                                                              message):
+  """Outside a checkout, a missing or unusable INSTALL_FROM stops the notebook with one message."""
+  monkeypatch.chdir(tmp_path)
+  notebook = nbformat.read(NOTEBOOK, as_version=4)
+  with pytest.raises(SystemExit, match=message):
+    exec(_install_cell(notebook), {"INSTALL_FROM": install_from})  # pylint: disable=exec-used
+  assert not (tmp_path / "asarm_jax_repo").exists()
+
+
+def test_install_cell_in_a_clone_uses_it(monkeypatch, capsys):
+  monkeypatch.chdir(ROOT / "colab")
+  namespace = {"INSTALL_FROM": ""}
+  exec(_install_cell(nbformat.read(NOTEBOOK, as_version=4)), namespace)  # pylint: disable=exec-used
+  assert namespace["ROOT"] == ROOT and f"asarm_jax from {ROOT}" in capsys.readouterr().out

@@ -118,6 +118,14 @@ def register_fractions_validator(name: str, *, closed: bool) -> None:
   flags.register_validator(name, check)
 
 
+def comma_integers(text: str, name: str) -> tuple[int, ...]:
+  """The integers of a comma-separated flag value; ValueError naming --`name` otherwise."""
+  try:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+  except ValueError:
+    raise ValueError(f"--{name} must be comma-separated integers; got {text!r}") from None
+
+
 def _help_text(module_name: str, summary: str, has_config: bool) -> str:
   listing = flags.FLAGS.module_help(module_name)
   return f"{summary.strip()}\n\nFlags:\n{listing}\n" + (_CONFIG_HELP if has_config else "")
