@@ -251,10 +251,11 @@ def fill_examples(params, cfg: ModelConfig, examples: Sequence[Example], rng, *,
   _check_sizes(batch_size=batch_size, length_bucket=length_bucket)
   _check_order(order)  # before anything is compiled (pose_batch meets it after a compilation)
   check_examples(examples, cfg)
-  sampler = sampling.Sampler.create(cfg, batch_size=batch_size, **sampler_options)
+  sampling.Sampler.create(cfg, **sampler_options)  # every option checked before any compilation
   row_keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(len(examples)))
   filled = []
   for length, indices in _batches(examples, batch_size, length_bucket, cfg.max_len):
+    sampler = sampling.Sampler.create(cfg, batch_shape=(batch_size, length), **sampler_options)
     rows = indices + [indices[0]] * (batch_size - len(indices))  # top up: one compiled shape
     tokens, ranks, num_prompt, num_valid = pose_batch(
         [examples[index] for index in rows], length, order=order, order_seed=order_seed,

@@ -107,18 +107,23 @@ DEFAULT_METHOD = AUTO  # what `sample` and the applications use unless told othe
 # cache on; benchmarks/results): k = 3 was the fastest at 50% hidden (1.29x sequential; k = 2 1.22x,
 # k = 4 1.25x) and within 3% of k = 2 at 90% (1.14x vs 1.17x); k = 5 was 0.96-1.20x.
 DEFAULT_DRAFT_LEN = 3
-# The same measurements at larger batches: fused k = 3 was 1.12x sequential at batch 2 (50% hidden)
-# and 0.76x at batch 4 (90% hidden; 0.56x at batch 8, N = 256). On the CPU a fused round's 3K + 1
-# rows per batch row are matmul work, not overhead, so from 3 rows sequential decoding is faster.
+# The same measurements at other shapes, fused k = 3 / sequential tokens/s: batch 2 (N = 512, 50%
+# hidden) 1.12x; batch 4 (90%) 0.76x; batch 8 (N = 256) 0.56x. Batch 1 by length: N = 384 1.48x
+# (50%) and 0.94x (90%, k = 2 1.13x); N = 256 1.05x and 0.98x; N = 128 1.00x and 0.80x. On the CPU a
+# fused round's 3K + 1 rows per batch row are matmul work, not overhead: speculation pays only for
+# few rows of long sequences, where a sequential step's attention over N keys dominates.
 _CPU_FUSED_MAX_BATCH = 2
+_CPU_FUSED_MIN_LENGTH = 384
 
 
-def fastest_method(batch_size: int, backend: str | None = None) -> str:
-  """The exact method `method="auto"` resolves to for `batch_size` rows on `backend` (default:
-  jax.default_backend()): fused ASSD, except sequential decoding on the CPU from 3 rows (see
-  `_CPU_FUSED_MAX_BATCH`). Accelerators get fused ASSD at every batch size: their forwards stay
-  bound by reading weights and cache far longer, but that choice is not yet measured here."""
-  if (backend or jax.default_backend()) == "cpu" and batch_size > _CPU_FUSED_MAX_BATCH:
+def fastest_method(batch_size: int, length: int, backend: str | None = None) -> str:
+  """The exact method `method="auto"` resolves to for a batch of `batch_size` rows of `length`
+  positions on `backend` (default: jax.default_backend()). On the CPU: fused ASSD for at most 2 rows
+  of at least 384 positions, else sequential decoding (the measurements above). Accelerators get
+  fused ASSD at every shape: their forwards stay bound by reading weights and cache far longer, but
+  that choice is not measured here yet."""
+  if (backend or jax.default_backend()) == "cpu" and (
+      batch_size > _CPU_FUSED_MAX_BATCH or length < _CPU_FUSED_MIN_LENGTH):
     return "sequential"
   return "assd_fused"
 
@@ -557,7 +562,7 @@ class Sampler:
   def create(cls, cfg: ModelConfig, *, method: str = DEFAULT_METHOD,
              draft_len: int = DEFAULT_DRAFT_LEN, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, banned_ids: Sequence[int] = (), use_cache: bool = True,
-             adaptive: bool = False, batch_size: int = 1,
+             adaptive: bool = False, batch_shape: tuple[int, int] | None = None,
              rules: speculation.Rules = speculation.EXACT) -> Sampler:
     """A validated Sampler.
 
@@ -565,7 +570,7 @@ class Sampler:
       cfg: the model's ModelConfig.
       method: "assd" (speculative; `draft_len` drafts per round, 2 forwards per round),
         "assd_fused" (speculative, 1 forward per round that verifies and proposes),
-        "sequential" (one token per NFE), or "auto": `fastest_method(batch_size)` (fused ASSD
+        "sequential" (one token per NFE), or "auto": `fastest_method(*batch_shape)` (fused ASSD
         when `adaptive`). All are exact: they differ in speed only.
       draft_len: k, drafts per round (>= 1; k == 1 is sequential decoding); with `adaptive`, the
         largest k.
@@ -577,14 +582,16 @@ class Sampler:
       adaptive: choose each row's draft length per round in [1, draft_len] from its acceptance
         history (speculative methods only; exact, but it saves no compute with static shapes,
         see speculation.py).
-      batch_size: the rows the sampler will be called on (only "auto" uses it).
+      batch_shape: (B, N) of the batches the sampler will be called on (only "auto" uses it;
+        default one row of the model's max_len).
       rules: leave at `speculation.EXACT` (the tests pass wrong rules here).
 
     Raises:
       ValueError: naming the bad option.
     """
     if method == AUTO:
-      method = "assd_fused" if adaptive is True else fastest_method(batch_size)
+      method = ("assd_fused" if adaptive is True
+                else fastest_method(*(batch_shape or (1, cfg.max_len))))
     if method not in METHODS:
       raise ValueError(f"method must be one of {(*METHODS, AUTO)}; got {method!r}")
     if (isinstance(draft_len, bool) or not isinstance(draft_len, (int, np.integer))
@@ -676,9 +683,9 @@ class Sampler:
     return out, compiled_at - start, time.perf_counter() - compiled_at
 
 
-def _num_rows(tokens) -> int:
-  """B of tokens [B, N] (1 for anything else: `Sampler.batch` rejects it)."""
-  return int(np.shape(tokens)[0]) if np.ndim(tokens) == 2 else 1
+def _batch_shape(tokens) -> tuple[int, int] | None:
+  """(B, N) of tokens [B, N]; None for anything else (`Sampler.batch` rejects it)."""
+  return tuple(int(d) for d in np.shape(tokens)) if np.ndim(tokens) == 2 else None
 
 
 def sample(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, *, num_valid=None,
@@ -689,12 +696,12 @@ def sample(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, *, num_vali
   use_cache, adaptive; "auto" resolves with the batch size B. Raises ValueError naming a bad
   argument before anything is compiled.
   """
-  sampler = Sampler.create(cfg, batch_size=_num_rows(tokens), **options)
+  sampler = Sampler.create(cfg, batch_shape=_batch_shape(tokens), **options)
   return sampler(params, tokens, ranks, num_prompt, rng, num_valid=num_valid)
 
 
 def timed_sample(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, *, num_valid=None,
                  **options) -> tuple[SampleOutput, float, float]:
   """`sample`, compiled first: returns (output, compile seconds, run seconds)."""
-  sampler = Sampler.create(cfg, batch_size=_num_rows(tokens), **options)
+  sampler = Sampler.create(cfg, batch_shape=_batch_shape(tokens), **options)
   return sampler.timed(params, tokens, ranks, num_prompt, rng, num_valid=num_valid)

@@ -7,7 +7,9 @@
    tokens at random positions, and fills them, one snippet per call, with sequential decoding and
    with fused ASSD: exact samplers of the same distribution. Prints each completion under its
    original, then a table of forward passes (NFE), tokens per second and the speed-up of ASSD.
-3. Writes everything to <workdir>/main_job.json.
+3. Times the same two samplers on held-out chunks of the model's full length (512 tokens for the
+   default model), where speculation pays most on a CPU, and prints the same table for them.
+4. Writes everything to <workdir>/main_job.json.
 
 python -m asarm_jax.cli.main_job [--workdir runs/default] [--config configs/default.py]
     [--steps N] [--retrain] [--num_snippets 4] [--rates 0.5,0.9] [--draft_len 3]
@@ -38,6 +40,8 @@ from asarm_jax.evals import span_infill
 
 DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parents[2] / "configs" / "default.py")
 SUMMARY_FILE = "main_job.json"
+SPECULATIVE = "assd_fused"  # the speculative sampler the job shows (the faster one everywhere measured)
+SPEED_CHUNKS = 2  # held-out chunks of the model's max_len tokens for the speed table
 HIDDEN_MARK = "\u2591"  # '░': one hidden token
 
 
@@ -137,15 +141,15 @@ def hide(num_tokens: int, rate: float, seed: int) -> np.ndarray:
 
 def infill_snippets(params, cfg, tokenizer, snippets: list[dict[str, Any]], *, rates,
                     draft_len: int, temperature: float, seed: int) -> list[dict[str, Any]]:
-  """Sequential decoding and the fastest speculative sampler at one row (fused ASSD on the CPU) at
-  every rate, one snippet per sampler call (batch 1, the interactive case: on this CPU speculation
-  stops paying from 3 rows, `sampling.fastest_method`): one result dict per (rate, method)."""
+  """Sequential decoding and fused ASSD at every rate, one snippet per sampler call (batch 1, the
+  interactive case; on a CPU speculation stops paying from 3 rows, `sampling.fastest_method`): one
+  result dict per (rate, method)."""
   results = []
   for rate in rates:
     examples = [infilling.Example(np.asarray(s["tokens"], np.int32),
                                     hide(len(s["tokens"]), rate, seed + 1000 * i))
                 for i, s in enumerate(snippets)]
-    for method in ("sequential", sampling.fastest_method(1)):
+    for method in ("sequential", SPECULATIVE):
       filled = span_infill.infill_examples(
           params, cfg, examples, jax.random.key(seed), method=method, batch_size=1,
           length_bucket=16, draft_len=draft_len, temperature=temperature)
@@ -160,6 +164,18 @@ def infill_snippets(params, cfg, tokenizer, snippets: list[dict[str, Any]], *, r
       results.append(dict(rate=rate, method=method, draft_len=filled.stats.draft_len,
                           stats=filled.stats, snippets=rows))
   return results
+
+
+def speed_chunks(documents, tokenizer, *, count: int, length: int) -> list[dict[str, Any]]:
+  """The first `count` runs of `length` tokens of the held-out documents, joined end to end."""
+  tokens = []
+  for index in range(len(documents)):
+    tokens += tokenizer.encode(documents[index])
+    if len(tokens) >= count * length:
+      break
+  return [dict(source=f"held-out tokens {i * length}..{(i + 1) * length - 1}",
+               tokens=tokens[i * length:(i + 1) * length]) for i in range(len(tokens) // length)][
+                   :count]
 
 
 def _indent(text: str, prefix: str = "    ") -> str:
@@ -244,7 +260,7 @@ def run(config, workdir: str, *, retrain: bool = False, num_snippets: int = 4,
                      f"{run_cfg.data.source}/{run_cfg.data.eval_split}")
   print(f"\nInfilling {len(snippets)} held-out snippets ({run_cfg.data.source}/"
         f"{run_cfg.data.eval_split}) with {', '.join(f'{100 * r:.0f}%' for r in rates)} of their "
-        f"tokens hidden; sequential vs {sampling.fastest_method(1)} (k={draft_len}), "
+        f"tokens hidden; sequential vs {SPECULATIVE} (k={draft_len}), "
         f"temperature {temperature:g} "
         "(compiling the samplers first) ...\n", flush=True)
   results = infill_snippets(params, cfg, tokenizer, snippets, rates=rates, draft_len=draft_len,
@@ -252,6 +268,15 @@ def run(config, workdir: str, *, retrain: bool = False, num_snippets: int = 4,
   print(format_completions(snippets, results))
   table, rows = summary_table(results)
   print("\n" + table)
+  chunks = speed_chunks(documents, tokenizer, count=SPEED_CHUNKS, length=cfg.max_len)
+  print(f"\nSpeed at the model's full length ({len(chunks)} held-out chunks of {cfg.max_len} "
+        "tokens, one per call, the same rates; speculation pays most on long sequences) ...",
+        flush=True)
+  speed_results = infill_snippets(params, cfg, tokenizer, chunks, rates=rates,
+                                  draft_len=draft_len, temperature=temperature, seed=seed)
+  speed_table, speed_rows = summary_table(speed_results)
+  print("\n" + speed_table.replace("every snippet, one sampler call each",
+                                     f"every {cfg.max_len}-token chunk, one sampler call each"))
   if training["eval"]:
     losses = ", ".join(f"{k.removeprefix('eval/')}={v:.3f}" for k, v in training["eval"].items()
                        if k.startswith("eval/loss"))
@@ -262,7 +287,11 @@ def run(config, workdir: str, *, retrain: bool = False, num_snippets: int = 4,
                                seed=seed, order="infill (visible, then hidden left to right)"),
                  snippets=[dict(source=s["source"], text=s["text"], num_tokens=len(s["tokens"]))
                            for s in snippets],
-                 infilling=results, table=rows, seconds=time.perf_counter() - job_start)
+                 infilling=results, table=rows,
+                 speed=dict(chunks=len(chunks), length=cfg.max_len, infilling=[
+                     {k: v for k, v in r.items() if k != "snippets"} for r in speed_results],
+                     table=speed_rows),
+                 seconds=time.perf_counter() - job_start)
   path = os.path.join(workdir, SUMMARY_FILE)
   report.write_json(path, summary)
   print(f"\nDone in {summary['seconds']:.0f} s. Summary: {path}. Next: "

@@ -84,8 +84,6 @@ def infill_examples(params, cfg: ModelConfig, examples: Sequence[Example], rng: 
   """
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}; got {method!r}")
-  if method == sampling.AUTO:
-    method = sampling.fastest_method(batch_size)  # the stats name the method that ran
   check_examples(examples, cfg)
   stats = report.SamplingStats(method=method,
                                draft_len=report.drafts_per_round(method, draft_len))
