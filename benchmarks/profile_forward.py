@@ -47,7 +47,7 @@ CATEGORIES = (
     ("attention: mask, softmax, layer norm", ("/attention/",)),
     ("cache write", ("/scatter",)),
     ("feed-forward", ("/ff/",)),
-    ("LM head", ("bqm,vm->bqv",)),
+    ("LM head", ("bqm,vm->bqv", "bqm,mv->bqv")),
     ("model: other", ("ASARM.",)),
 )
 SAMPLER = "sampler: processing, sampling, acceptance, loop"

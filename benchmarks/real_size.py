@@ -102,7 +102,7 @@ class Settings:
 
 FULL = Settings("full", XLNET_BASE, seq_len=512, batches=(1, 8, 32), generated=25, draft_len=5,
                 repeats=3, read_bytes=1 << 30, matmul_shape=(4096, 768, 3072))
-QUICK = Settings("quick", QUICK_MODEL, seq_len=64, batches=(1, 2), generated=30, draft_len=5,
+QUICK = Settings("quick", QUICK_MODEL, seq_len=64, batches=(1,), generated=6, draft_len=3,
                  repeats=2, read_bytes=1 << 24, matmul_shape=(512, 64, 256))
 
 
@@ -425,12 +425,12 @@ def main() -> None:
 def _define_flags() -> None:
   from absl import flags
 
-  flags.DEFINE_bool("quick", False, "Tiny shape (d_model 64, 2 layers, N 64, batches 1,2): a smoke "
-                    "run of seconds.")
-  flags.DEFINE_string("batches", None, "Comma-separated batch sizes (default 1,8,32; quick 1,2).")
-  flags.DEFINE_integer("generated", None, "Tokens generated per row, G (default 25; quick 30); a "
+  flags.DEFINE_bool("quick", False, "Tiny shape (d_model 64, 2 layers, N 64, batch 1, G 6, k 3): "
+                    "a smoke run of seconds.")
+  flags.DEFINE_string("batches", None, "Comma-separated batch sizes (default 1,8,32; quick 1).")
+  flags.DEFINE_integer("generated", None, "Tokens generated per row, G (default 25; quick 6); a "
                        "multiple of --draft_len, at least twice it.")
-  flags.DEFINE_integer("draft_len", None, "k of assd and assd_fused (default 5).")
+  flags.DEFINE_integer("draft_len", None, "k of assd and assd_fused (default 5; quick 3).")
   flags.DEFINE_integer("repeats", None, "Warm runs of each length (default 3; quick 2).")
   flags.DEFINE_integer("seed", 0, "Seeds the random weights, hidden subsets and samplers.")
   flags.DEFINE_string("out", None, "JSON output (default benchmarks/results/real_size.json); the "

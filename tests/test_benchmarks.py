@@ -329,7 +329,7 @@ def test_real_size_quick_targets_are_ratios_of_measured_values(real_size_quick):
       rows[("float32", "sequential", 1)]["vs_floor"])
   assert targets["fused_round_vs_sequential_forward_b1_float32"]["measured"] == pytest.approx(
       rows[("float32", "assd_fused", 1)]["vs_sequential_forward"])
-  assert targets["sequential_b8_vs_floor_float32"]["measured"] is None  # quick: batches 1, 2
+  assert targets["sequential_b8_vs_floor_float32"]["measured"] is None  # quick: batch 1 only
 
 
 def test_real_size_floor_follows_the_formula():
