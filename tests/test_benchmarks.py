@@ -278,6 +278,7 @@ def test_real_size_quick_covers_every_configuration(real_size_quick):
 
 
 def test_real_size_quick_floors_and_ratios(real_size_quick):
+  from benchmarks import real_size
   _, results, _ = real_size_quick
   floors = results["floors"]
   assert set(floors["matmul"]) == {"float32", "bfloat16"}
@@ -285,6 +286,7 @@ def test_real_size_quick_floors_and_ratios(real_size_quick):
                 *(m["gflop_per_second"] for m in floors["matmul"].values())):
     assert np.isfinite(value) and value > 0
   rows = results["results"]
+  g, k = real_size.QUICK.generated, real_size.QUICK.draft_len
   sequential = {(r["dtype"], r["batch"]): r for r in rows if r["method"] == "sequential"}
   for r in rows:
     floor = r["floor"]
@@ -293,7 +295,7 @@ def test_real_size_quick_floors_and_ratios(real_size_quick):
       assert np.isfinite(floor[key]) and floor[key] > 0, key
     assert floor["ms"] == pytest.approx(floor["ms_memory"] + floor["ms_compute"])
     assert r["forwards_per_iteration"] == (2 if r["method"] == "assd" else 1)
-    assert r["generated_per_row"] == 30 and r["baseline_generated"] == 5
+    assert r["generated_per_row"] == g and r["baseline_generated"] == k
     assert r["rounds_max"] > r["baseline_rounds_max"] >= 1
     assert r["run_seconds"] == pytest.approx(float(np.median(r["run_seconds_all"])))
     assert r["ms_per_iteration"] == pytest.approx(
@@ -301,11 +303,11 @@ def test_real_size_quick_floors_and_ratios(real_size_quick):
         / (r["rounds_max"] - r["baseline_rounds_max"]) * 1e3)
     assert r["ms_per_iteration_whole_run"] == pytest.approx(
         r["run_seconds"] / r["rounds_max"] * 1e3)
-    assert r["tokens_per_second"] == pytest.approx(r["batch"] * 30 / r["run_seconds"])
+    assert r["tokens_per_second"] == pytest.approx(r["batch"] * g / r["run_seconds"])
     assert np.isfinite(r["vs_floor"])
     assert r["vs_floor"] == pytest.approx(r["ms_per_iteration"] / floor["ms"])
     if r["method"] == "sequential":
-      assert r["nfe_mean"] == r["rounds_max"] == 30 and r["vs_sequential_forward"] is None
+      assert r["nfe_mean"] == r["rounds_max"] == g and r["vs_sequential_forward"] is None
     else:
       base = sequential[(r["dtype"], r["batch"])]
       assert r["vs_sequential_forward"] == pytest.approx(r["ms_per_iteration"]
@@ -361,7 +363,7 @@ def test_real_size_floor_follows_the_formula():
 
 @pytest.mark.parametrize("flags,message", [(["--generated=7"], "multiple of --draft_len"),
                                            (["--batches=1,x"], "comma-separated integers"),
-                                           (["--quick", "--generated=40"], "no room")])
+                                           (["--quick", "--generated=42"], "no room")])
 def test_real_size_user_mistakes_are_one_line(flags, message):
   """A user mistake: one line `error: ...`, exit status 2, before anything is measured."""
   root = pathlib.Path(__file__).resolve().parent.parent

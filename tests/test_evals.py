@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 
 from asarm_jax import checkpoint
 from asarm_jax import metrics as metrics_lib
+from asarm_jax import sampling
 from asarm_jax import train_lib
 from asarm_jax.evals import heldout_loss
 from asarm_jax.evals import humaneval_infill
@@ -245,15 +246,16 @@ def test_cli_humaneval_end_to_end(tmp_path, run_dir):
                     "--method", "sequential,assd,assd_fused,oracle", "--max_len", "64",
                     "--batch_size", "4", "--out", str(out))
   assert done.returncode == 0, done.stderr[-3000:]
-  assert "pass@1" in done.stdout and "assd k=5" in done.stdout and str(out) in done.stdout
-  assert "assd_fused k=5" in done.stdout
+  k = sampling.DEFAULT_DRAFT_LEN
+  assert "pass@1" in done.stdout and f"assd k={k}" in done.stdout and str(out) in done.stdout
+  assert f"assd_fused k={k}" in done.stdout
   results = json.loads(out.read_text())
   assert results["settings"]["num_tasks"] == 3 and results["settings"]["limit"] == 3
   assert "seeded" in results["settings"]["subset"]
   assert results["methods"]["oracle"]["pass_at_1"] == 1.0
   for method in ("sequential", "assd", "assd_fused"):
-    sampling = results["methods"][method]["sampling"]
-    assert sampling["nfe"] > 0 and sampling["tokens_per_second"] > 0
+    stats = results["methods"][method]["sampling"]
+    assert stats["nfe"] > 0 and stats["tokens_per_second"] > 0
     assert len(results["methods"][method]["tasks"]) == 3
 
 

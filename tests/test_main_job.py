@@ -114,6 +114,7 @@ def test_summary_table_says_why_when_assd_is_slower():
   slower, _ = main_job.summary_table([result("sequential", 20, 1.0), result("assd", 10, 2.0)])
   # 10 rounds of 0.2 s decided 2 tokens each; a sequential step took 0.05 s.
   assert ("50% hidden: assd k=5 is 0.50x sequential in wall-clock although it needs 2.00x fewer "
-          "forwards: one of its rounds decided 2.00 tokens but cost 4.00x a sequential step") in slower
+          "forwards: one of its rounds decided 2.00 tokens but cost 4.00x a sequential "
+          "step") in slower
   faster, _ = main_job.summary_table([result("sequential", 20, 2.0), result("assd", 10, 1.0)])
   assert "although" not in faster

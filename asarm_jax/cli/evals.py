@@ -1,7 +1,7 @@
 r"""Runs one evaluation of a trained run and prints a table; the results also go to a JSON file.
 
 python -m asarm_jax.evals --workdir runs/default --task humaneval_infill \
-    [--method sequential,assd] [--draft_len 5] [--limit 100] [--out results.json]
+    [--method sequential,auto] [--draft_len 3] [--limit 100] [--out results.json]
 python -m asarm_jax.evals --workdir runs/default --task heldout_loss [--rates 0.15,0.5,0.9]
 python -m asarm_jax.evals --workdir runs/default --task story_infill --dataset tfds:<name> \
     [--text_key text] [--split validation]
@@ -33,7 +33,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.")
 _TASK = flags.DEFINE_enum("task", None, TASKS, "Which evaluation.")
 _METHOD = flags.DEFINE_list("method", [sampling.DEFAULT_METHOD],
                             f"Comma-separated samplers: {', '.join(span_infill.METHODS)}.")
-_DRAFT_LEN = flags.DEFINE_integer("draft_len", 5, "ASSD drafts per round (k).")
+_DRAFT_LEN = flags.DEFINE_integer("draft_len", sampling.DEFAULT_DRAFT_LEN,
+                                   "ASSD drafts per round (k).")
 _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature; 0 is greedy.")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus mass in (0, 1] (1 = off).")
 _LIMIT = flags.DEFINE_integer(

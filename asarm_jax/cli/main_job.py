@@ -40,7 +40,7 @@ from asarm_jax.evals import span_infill
 
 DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parents[2] / "configs" / "default.py")
 SUMMARY_FILE = "main_job.json"
-SPECULATIVE = "assd_fused"  # the speculative sampler the job shows (the faster one everywhere measured)
+SPECULATIVE = "assd_fused"  # the speculative sampler shown: the faster one wherever measured
 SPEED_CHUNKS = 2  # held-out chunks of the model's max_len tokens for the speed table
 HIDDEN_MARK = "\u2591"  # '░': one hidden token
 

@@ -1,7 +1,7 @@
 """Fills the [MASK] / [MASK*n] spans of a text with a trained AS-ARM.
 
 python sample.py --workdir runs/default --text $'def add(a, b):\n    return [MASK*4]\n' \
-    [--method assd_fused] [--draft_len 5] [--temperature 0.8] [--seed 0] [--batch 4] [--json]
+    [--method auto] [--draft_len 3] [--temperature 0.8] [--seed 0] [--batch 4] [--json]
     [--dtype bfloat16]
 python sample.py --random_model --text '...'   # an untrained model, to try the sampler
 """

@@ -74,8 +74,8 @@ def masked_loss(params, cfg, batches: list[dict[str, np.ndarray]], rate: float, 
 
 
 def unconditional_samples(params, cfg, *, num_samples: int, length: int, method: str = "assd",
-                          draft_len: int = 5, batch_size: int = 16, seed: int = 0
-                          ) -> tuple[np.ndarray, report.SamplingStats]:
+                          draft_len: int = sampling.DEFAULT_DRAFT_LEN, batch_size: int = 16,
+                          seed: int = 0) -> tuple[np.ndarray, report.SamplingStats]:
   """`num_samples` sequences of `length` tokens from an empty prompt, left to right, T = 1."""
   stats = report.SamplingStats(method=method,
                                draft_len=report.drafts_per_round(method, draft_len))
@@ -97,7 +97,8 @@ def unconditional_samples(params, cfg, *, num_samples: int, length: int, method:
 def evaluate(params, cfg, tokenizer, *, source: str = "stdlib", split: str = "validation",
              seq_len: int = 128, masking: objective.MaskingConfig | None = None,
              rates=DEFAULT_RATES, num_batches: int = 8, batch_size: int = 16, seed: int = 0,
-             num_samples: int = 16, sample_method: str = "assd", draft_len: int = 5,
+             num_samples: int = 16, sample_method: str = "assd",
+             draft_len: int = sampling.DEFAULT_DRAFT_LEN,
              text_key: str = "text", data_dir: str | None = None,
              max_documents: int | None = None) -> dict[str, Any]:
   """Held-out loss at each rate and the unigram-entropy check (see the module docstring).

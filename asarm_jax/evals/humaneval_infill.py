@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from asarm_jax import infilling
+from asarm_jax import sampling
 from asarm_jax.evals import humaneval_tasks
 from asarm_jax.evals import report
 from asarm_jax.evals import sandbox
@@ -57,7 +58,8 @@ def pose(task: InfillTask, tokenizer, max_len: int) -> infilling.Example | None:
 
 def evaluate(params, cfg, tokenizer, *, methods: Sequence[str] = ("sequential", "assd"),
              limit: int | None = None, subset_seed: int = 0, max_len: int | None = None,
-             draft_len: int = 5, temperature: float = 1.0, top_p: float = 1.0,
+             draft_len: int = sampling.DEFAULT_DRAFT_LEN, temperature: float = 1.0,
+             top_p: float = 1.0,
              batch_size: int = 16, seed: int = 0, timeout_s: float = 10.0, workers: int = 2,
              tasks: Sequence[InfillTask] | None = None) -> dict[str, Any]:
   """pass@1 of every method on the (selected) HumanEval single-line infilling tasks.

@@ -25,6 +25,7 @@ import jax
 
 from asarm_jax import data as data_lib
 from asarm_jax import infilling
+from asarm_jax import sampling
 from asarm_jax.evals import report
 from asarm_jax.evals import span_infill
 
@@ -93,7 +94,8 @@ def rouge_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[
 def evaluate(params, cfg, tokenizer, *, dataset: str, split: str = "validation",
              text_key: str = "text", data_dir: str | None = None,
              methods: Sequence[str] = ("sequential", "assd"), limit: int | None = 200,
-             num_sentences: int = 5, max_len: int | None = None, draft_len: int = 5,
+             num_sentences: int = 5, max_len: int | None = None,
+             draft_len: int = sampling.DEFAULT_DRAFT_LEN,
              temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 16,
              seed: int = 0, num_examples_shown: int = 3) -> dict[str, Any]:
   """ROUGE of each method's middle sentences (see the module docstring).
