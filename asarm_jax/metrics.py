@@ -91,7 +91,7 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
 
 
 def measure_matmul_peak(dtype: Any = jnp.float32, size: int = 2048, repeats: int = 5) -> float:
-  """Measured FLOP/s of a square matmul on the default device (best of `repeats`)."""
+  """Measured FLOP/s of a square matmul on one device (the default one; best of `repeats`)."""
   dtype = jnp.dtype(dtype)
   a = jnp.ones((size, size), dtype)
   b = jnp.ones((size, size), dtype)
@@ -102,7 +102,7 @@ def measure_matmul_peak(dtype: Any = jnp.float32, size: int = 2048, repeats: int
     start = time.perf_counter()
     matmul(a, b).block_until_ready()
     best = min(best, time.perf_counter() - start)
-  return 2.0 * size ** 3 / best * jax.local_device_count()
+  return 2.0 * size ** 3 / best
 
 
 def unigram_entropy(token_batches: Iterable[np.ndarray], valid_batches: Iterable[np.ndarray],

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from asarm_jax import backend
 from asarm_jax import masks as masks_lib
 from asarm_jax.cache import KVCache
 
@@ -197,11 +198,13 @@ class RelativeAttention(nn.Module):
     q = self._project(x, self.q)  # [B, H, R, D]
     content_score = jnp.einsum("bhrd,bhdn->bhrn", q + self.r_w_bias.astype(dt)[:, None], keys,
                                preferred_element_type=jnp.float32)  # [B, H, R, N]
-    # In float32 whatever `dt` is: XLA's CPU backend has no bf16 x bf16 -> f32 kernel for the dot
-    # this product becomes (the operands are small: R rows and the [H, 2N-1, D] table).
+    # Operands in float32 where the backend lacks a bf16 x bf16 -> f32 kernel for this dot (the
+    # CPU; see backend.py; they are small: R rows and the [H, 2N-1, D] table).
+    operand_dt = jnp.float32 if backend.current().float32_relative_product else dt
     by_distance = jnp.einsum("bhrd,htd->bhrt",
-                             (q + self.r_r_bias.astype(dt)[:, None]).astype(jnp.float32),
-                             rel_keys.astype(jnp.float32))  # [B, H, R, 2N-1]
+                             (q + self.r_r_bias.astype(dt)[:, None]).astype(operand_dt),
+                             rel_keys.astype(operand_dt),
+                             preferred_element_type=jnp.float32)  # [B, H, R, 2N-1]
     position_score = _relative_windows(by_distance, rows.starts, keys.shape[-1])  # [B, H, R, N]
     scores = (content_score + position_score) * (cfg.d_head ** -0.5) + rows.score_bias
     probs = jax.nn.softmax(scores, axis=-1)
@@ -389,14 +392,15 @@ class ASARM(nn.Module):
     reuses the cache never recomputes them).
 
     `query_rows` is the number of query rows a forward will compute per batch row: when the LM head
-    multiplies more than one row in all, the cache also holds its weight transposed to [M, V] in
-    float32, the layout XLA's CPU backend multiplies 1.3-2x faster for 2 to 16 rows (and slower for
-    one), so the loop neither transposes nor converts it every forward.
+    multiplies more than one row in all and `backend.current().transposed_output_weight` (the CPU),
+    the cache also holds its weight transposed to [M, V] in float32, the layout XLA's CPU backend
+    multiplies 1.3-2x faster for 2 to 16 rows (and slower for one), so the loop neither transposes
+    nor converts it every forward.
     """
     self._check_length(length)
     cache = empty_cache(self.cfg, batch, length).replace(
         relative_keys=self._relative_keys(length, deterministic=True))
-    if batch * query_rows > 1:
+    if batch * query_rows > 1 and backend.current().transposed_output_weight:
       cache = cache.replace(output_weight=jnp.asarray(self.embedding.astype(jnp.float32).T))
     return cache
 
@@ -464,8 +468,8 @@ def cast_for_inference(cfg: ModelConfig, params: dict, dtype: str) -> tuple[Mode
   """The same model stored and computed in `dtype` ("float32" or "bfloat16"): (config, params).
 
   With "bfloat16" the weights and the sampler's cache take half the memory and half the bytes a
-  forward reads; attention scores, softmax, the relative-position product and the LM head stay in
-  float32. It is a different model from the float32 one (its logits differ by bfloat16 rounding),
+  forward reads; attention scores, softmax and the LM head stay in float32, and so does the
+  relative-position product's accumulation (its operands too on the CPU: backend.py). It is a different model from the float32 one (its logits differ by bfloat16 rounding),
   and every sampler draws exactly from *its* law.
   """
   if dtype not in ("float32", "bfloat16"):

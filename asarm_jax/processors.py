@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from asarm_jax import backend
+
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
@@ -82,14 +84,14 @@ class SamplingConfig:
 
 
 def cumulative_sum(x: jax.Array, block: int = 64) -> jax.Array:
-  """Inclusive cumulative sum over the last axis [..., V], in blocks of `block` entries.
+  """Inclusive cumulative sum over the last axis [..., V].
 
-  `jnp.cumsum` becomes a reduce-window that XLA's CPU backend runs in O(V^2) per row (at 32 rows of
-  V = 4096 it was the largest single op of a cached decoding step in a profile). Summing within
-  blocks, then adding the running total of the blocks before, costs O(V * block + (V / block)^2).
+  Where `backend.current().blocked_cumsum` (XLA's CPU backend, whose `jnp.cumsum` costs O(V^2) per
+  row), it sums within blocks of `block` entries, then adds the running total of the blocks before:
+  O(V * block + (V / block)^2). Elsewhere it is `jnp.cumsum`.
   """
   length = x.shape[-1]
-  if length <= block:
+  if length <= block or not backend.current().blocked_cumsum:
     return jnp.cumsum(x, axis=-1)
   num_blocks = -(-length // block)
   padded = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, num_blocks * block - length)])

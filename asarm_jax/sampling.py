@@ -93,6 +93,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from asarm_jax import backend
 from asarm_jax import cache as cache_lib
 from asarm_jax import masks as masks_lib
 from asarm_jax import processors
@@ -111,19 +112,19 @@ DEFAULT_DRAFT_LEN = 3
 # hidden) 1.12x; batch 4 (90%) 0.76x; batch 8 (N = 256) 0.56x. Batch 1 by length: N = 384 1.48x
 # (50%) and 0.94x (90%, k = 2 1.13x); N = 256 1.05x and 0.98x; N = 128 1.00x and 0.80x. On the CPU a
 # fused round's 3K + 1 rows per batch row are matmul work, not overhead: speculation pays only for
-# few rows of long sequences, where a sequential step's attention over N keys dominates.
-_CPU_FUSED_MAX_BATCH = 2
-_CPU_FUSED_MIN_LENGTH = 384
+# few rows of long sequences, where a sequential step's attention over N keys dominates. These
+# thresholds are `backend.CPU.fused_max_batch` and `fused_min_length`.
 
 
-def fastest_method(batch_size: int, length: int, backend: str | None = None) -> str:
+def fastest_method(batch_size: int, length: int, backend_name: str | None = None) -> str:
   """The exact method `method="auto"` resolves to for a batch of `batch_size` rows of `length`
-  positions on `backend` (default: jax.default_backend()). On the CPU: fused ASSD for at most 2 rows
-  of at least 384 positions, else sequential decoding (the measurements above). Accelerators get
-  fused ASSD at every shape: their forwards stay bound by reading weights and cache far longer, but
-  that choice is not measured here yet."""
-  if (backend or jax.default_backend()) == "cpu" and (
-      batch_size > _CPU_FUSED_MAX_BATCH or length < _CPU_FUSED_MIN_LENGTH):
+  positions on the XLA backend `backend_name` (default: the choices in force, `backend.current()`).
+  On the CPU: fused ASSD for at most 2 rows of at least 384 positions, else sequential decoding (the
+  measurements above). Accelerators get fused ASSD at every shape: their forwards stay bound by
+  reading weights and cache far longer, but that choice is not measured on one yet."""
+  choices = backend.for_backend(backend_name) if backend_name else backend.current()
+  too_many_rows = choices.fused_max_batch is not None and batch_size > choices.fused_max_batch
+  if too_many_rows or length < choices.fused_min_length:
     return "sequential"
   return "assd_fused"
 
@@ -455,7 +456,14 @@ def _initial_state(params, sampler: Sampler, batch: Batch) -> _LoopState:
 
 @functools.partial(jax.jit, static_argnames=("sampler",))
 def _run(params, batch: Batch, *, sampler: Sampler) -> SampleOutput:
-  """The jitted sampler: one program per (sampler, shapes, prefill_rows)."""
+  """The jitted sampler: one program per (sampler, shapes, prefill_rows), traced with the
+  sampler's backend choices."""
+  with backend.use(sampler.choices):
+    return _traced_run(params, batch, sampler)
+
+
+def _traced_run(params, batch: Batch, sampler: Sampler) -> SampleOutput:
+  """The body of `_run`."""
   state = _initial_state(params, sampler, batch)
   step, num_content = {
       "sequential": (_sequential_step, 1),
@@ -544,6 +552,7 @@ class Sampler:
     use_cache: the order-aware KV cache (the same law and NFE, much less compute per forward).
     adaptive: per-row draft lengths in [1, K] (speculative methods with K > 1 only).
     rules: the speculative rules; always `speculation.EXACT` outside the tests.
+    choices: the backend's lowering choices (backend.py), fixed when the Sampler is built.
   """
   cfg: ModelConfig
   method: str
@@ -552,6 +561,7 @@ class Sampler:
   use_cache: bool
   adaptive: bool
   rules: speculation.Rules = speculation.EXACT
+  choices: backend.Choices = dataclasses.field(default_factory=backend.current)
 
   @property
   def query_rows(self) -> int:

@@ -26,6 +26,7 @@ from clu import metrics as clu_metrics
 from etils import epath
 from jax.experimental import multihost_utils
 
+from asarm_jax import backend
 from asarm_jax import checkpoint as checkpoint_lib
 from asarm_jax import data as data_lib
 from asarm_jax import metrics as metrics_lib
@@ -561,11 +562,18 @@ def _run_summary(run: run_config.RunConfig, model_cfg: ModelConfig,
              "train/flops_per_token": metrics_lib.train_flops_per_token(model_cfg, run.seq_len),
              "eval/unigram_entropy": entropy, "eval/tokens": float(count)}
   if run.measure_peak_flops:
-    peak = metrics_lib.measure_matmul_peak(model_cfg.compute_dtype)
-    devices = jax.process_count() if jax.default_backend() == "cpu" else jax.device_count()
-    summary["train/peak_flops"] = peak * devices  # CPU devices of one process share its cores
+    summary["train/peak_flops"] = peak_flops(model_cfg)
   writer.write_scalars(step, summary)
   return summary
+
+
+def peak_flops(model_cfg: ModelConfig) -> float:
+  """The run's matmul peak (FLOP/s in the compute dtype): one device's measured rate times the
+  devices that have their own compute (the processes, where a process's devices share its host's
+  cores: backend.py)."""
+  rate = metrics_lib.measure_matmul_peak(model_cfg.compute_dtype)
+  shared = backend.current().devices_share_host
+  return rate * (jax.process_count() if shared else jax.device_count())
 
 
 class _StopSignal:

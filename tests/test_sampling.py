@@ -249,9 +249,9 @@ def test_good_arguments_reach_the_compiler(model, monkeypatch):
 
 def test_auto_resolves_by_backend_and_shape():
   """"auto" is an exact method chosen by speed alone: on the CPU fused ASSD for few long rows."""
-  assert sampling.fastest_method(1, 512, backend="cpu") == "assd_fused"
-  assert sampling.fastest_method(8, 512, backend="cpu") == "sequential"
-  assert sampling.fastest_method(1, 64, backend="cpu") == "sequential"
-  assert sampling.fastest_method(32, 64, backend="gpu") == "assd_fused"
+  assert sampling.fastest_method(1, 512, backend_name="cpu") == "assd_fused"
+  assert sampling.fastest_method(8, 512, backend_name="cpu") == "sequential"
+  assert sampling.fastest_method(1, 64, backend_name="cpu") == "sequential"
+  assert sampling.fastest_method(32, 64, backend_name="gpu") == "assd_fused"
   cfg = lib.tiny_config()
   assert sampling.Sampler.create(cfg, method="auto", adaptive=True).method == "assd_fused"
