@@ -27,6 +27,12 @@ EVALS = [
     "rouge-score==0.1.2",
     "matplotlib>=3.8",
 ]
+# Accelerator plugins of the pinned jax (CPU is the default and what CI runs):
+# `pip install -e '.[cuda12]'` on an NVIDIA GPU host, `pip install -e '.[tpu]'` on a Cloud TPU VM.
+ACCELERATORS = {
+    "cuda12": ["jax[cuda12]==0.10.2"],
+    "tpu": ["jax[tpu]==0.10.2"],
+}
 TEST = [
     "pytest>=8",
     "scipy>=1.11",
@@ -42,5 +48,5 @@ setup(
     packages=find_packages(include=["asarm_jax", "asarm_jax.*"]),
     python_requires=">=3.10",
     install_requires=CORE,
-    extras_require={"hf": HF, "evals": EVALS, "test": TEST},
+    extras_require={"hf": HF, "evals": EVALS, "test": TEST, **ACCELERATORS},
 )

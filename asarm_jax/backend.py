@@ -67,7 +67,7 @@ def for_backend(name: str) -> Choices:
 
 
 def current() -> Choices:
-  """The choices in force: those of the innermost `use(...)` block, else of jax.default_backend()."""
+  """The choices in force: the innermost `use(...)` block's, else jax.default_backend()'s."""
   override = _OVERRIDE.get()
   return override if override is not None else for_backend(jax.default_backend())
 

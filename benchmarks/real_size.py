@@ -5,9 +5,10 @@ python -m benchmarks.real_size --batches 1 --generated 50 --draft_len 5 --repeat
 python -m benchmarks.real_size --quick         # a tiny shape: a smoke run of seconds
 
 Model: `XLNET_BASE` (d_model 768, 12 layers, 12 heads of 64, d_inner 3072, vocabulary 32000, ~117M
-parameters) with random weights (`init_params`; the time of a forward does not depend on them), in
+parameters) with random weights (`init_params`; the time of a forward does not depend on them), or
+a trained run's model (`Settings.workdir`, as benchmarks/device.py does when one is present), in
 float32 and, through `asarm_jax.model.cast_for_inference`, in bfloat16. Every (dtype, method) of
-`CONFIGURATIONS` runs at every batch, cached, at N = 512.
+`Settings.configurations` (default `CONFIGURATIONS`) runs at every batch, cached, at N = 512.
 
 Problem: zero tokens (token ids do not change the time) with benchmarks/sampling.py's `make_problem`
 hidden subsets and infill order, a prompt of `PROMPT_LEN` = 32 ranks and `num_valid` = 32 + G, so
@@ -16,9 +17,9 @@ whatever the prompt length (each row attends over all N cached keys, masked), so
 costs with a prompt of N - G; the short prompt keeps the first forward's prefill (the prompt's
 content rows, at least 32 per row) small.
 
-Timing: `sampling.timed_sample` compiles (compile seconds, reported apart) and runs once (warm-up);
-then `repeats` warm runs generating G tokens alternate with warm runs generating a baseline of k
-(= draft_len) tokens, the same compilation (only `num_valid` differs). A loop iteration is one
+Timing: `Sampler.compile` compiles (compile seconds, reported apart) and the program runs once
+(warm-up); then `repeats` warm runs generating G tokens alternate with warm runs generating a
+baseline of k (= draft_len) tokens, the same compilation (only `num_valid` differs). A loop iteration is one
 forward for sequential decoding and fused ASSD, one round of two forwards (draft, verify) for ASSD:
   ms per iteration = (median run s(G) - median run s(k)) / (max rounds(G) - max rounds(k)),
 which leaves out what both runs share: the prefill forward, the set-up and the transfers. The
@@ -41,9 +42,14 @@ model of L layers, H heads of D, width d, d_inner, vocabulary V, at N positions:
                     + Q x d x V]                          (LM head, query rows only)
            + 2 x B x (S + Q) x L x H x D x (N + N + 2N - 1)   (scores, values, relative product);
   floor  = bytes / BW + FLOPs_dtype / R[dtype] + FLOPs_float32 / R[float32],
-where FLOPs_float32 are the LM head and the relative-position product (float32 whatever the dtype,
-see model.py) and FLOPs_dtype the rest. Rows (S, Q) per forward: sequential (1, 1); fused ASSD
-(k + 1, 2k); ASSD draft (1, k) then verify (k, k), and an ASSD round's floor is the sum of both.
+where FLOPs_float32 are the LM head and, where the backend multiplies it in float32 (the CPU:
+asarm_jax/backend.py), the relative-position product, and FLOPs_dtype the rest. Rows (S, Q) per
+forward: sequential (1, 1); fused ASSD (k + 1, 2k); ASSD draft (1, k) then verify (k, k), and an
+ASSD round's floor is the sum of both.
+
+Memory per row: the compiled program's plan (`memory_analysis`: arguments + outputs + temporaries -
+aliased bytes) and, where the device reports it (GPU, TPU; not the CPU), the device's peak bytes in
+use after the row's runs (`memory_stats()["peak_bytes_in_use"]`, a high-water mark of the process).
 
 Reported per row: NFE, rounds, compile s, run s, ms per iteration (steady and whole run), its
 floor, measured / floor, tokens/s, and for fused ASSD and ASSD the iteration's ms / the sequential
@@ -67,6 +73,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from asarm_jax import backend
+from asarm_jax import checkpoint
 from asarm_jax import model as model_lib
 from asarm_jax import sampling
 from asarm_jax.model import ModelConfig, init_params
@@ -84,6 +92,7 @@ PROMPT_LEN = 32  # ranks; the sampler's first forward computes at least 32 conte
 CONFIGURATIONS = (("float32", "sequential"), ("float32", "assd_fused"), ("float32", "assd"),
                   ("bfloat16", "sequential"), ("bfloat16", "assd_fused"))
 FLOAT32 = "float32"
+DTYPES = (FLOAT32, "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +107,8 @@ class Settings:
   repeats: int                          # warm runs of each length (medians reported)
   read_bytes: int                       # of the bandwidth probe's float32 array
   matmul_shape: tuple[int, int, int]    # (m, k, n) of the matmul-rate probe
+  configurations: tuple[tuple[str, str], ...] = CONFIGURATIONS  # (dtype, method) pairs
+  workdir: str | None = None            # a trained run's model instead of `cfg` (random weights)
 
 
 FULL = Settings("full", XLNET_BASE, seq_len=512, batches=(1, 8, 32), generated=25, draft_len=5,
@@ -116,6 +127,11 @@ def validate(settings: Settings) -> None:
   if g < 2 * k or g % k:
     raise ValueError(f"--generated {g} must be a multiple of --draft_len {k}, at least {2 * k} "
                      "(the baseline run generates k tokens; see the module docstring)")
+  bad = [pair for pair in settings.configurations
+         if pair[0] not in DTYPES or pair[1] not in sampling.METHODS]
+  if bad or not settings.configurations:
+    raise ValueError(f"configurations must be (dtype, method) pairs with dtype in {DTYPES} and "
+                     f"method in {sampling.METHODS}; got {list(settings.configurations)}")
   if PROMPT_LEN + g > settings.seq_len:
     raise ValueError(f"--generated {g} leaves no room for the {PROMPT_LEN}-rank prompt at "
                      f"N = {settings.seq_len}: at most {settings.seq_len - PROMPT_LEN}")
@@ -179,7 +195,13 @@ def forward_floor(cfg: ModelConfig, weight_bytes: int, seq_len: int, batch: int,
   flops_dtype = (2 * batch * layers * (content * (4 * projection + feed_forward)
                                        + query * (2 * projection + feed_forward))
                  + 2 * row_heads * 2 * n)  # + scores and values
-  flops_float32 = 2 * batch * query * width * cfg.vocab_size + 2 * row_heads * (2 * n - 1)
+  relative_product = 2 * row_heads * (2 * n - 1)
+  float32_relative = backend.current().float32_relative_product
+  flops_float32 = 2 * batch * query * width * cfg.vocab_size
+  if float32_relative:
+    flops_float32 += relative_product
+  else:
+    flops_dtype += relative_product
   rates = {dtype: floors["matmul"][dtype]["gflop_per_second"] * 1e9 for dtype in floors["matmul"]}
   memory_s = (weight_bytes + cache_bytes) / (floors["read_bandwidth"]["gb_per_second"] * 1e9)
   compute_s = flops_dtype / rates[cfg.dtype] + flops_float32 / rates[FLOAT32]
@@ -200,6 +222,38 @@ def iteration_floor(cfg: ModelConfig, weight_bytes: int, seq_len: int, batch: in
 # The sampler.
 
 
+def model_under_test(settings: Settings, seed: int) -> tuple[ModelConfig, Any, str]:
+  """(float32 config, params, description): the trained run `settings.workdir`, else `settings.cfg`
+  with random weights seeded by `seed`.
+
+  Raises:
+    ValueError: the run's model is shorter than `settings.seq_len`.
+  """
+  if settings.workdir is None:
+    return settings.cfg, init_params(settings.cfg, jax.random.key(seed)), (
+        f"random weights (init_params, seed {seed})")
+  cfg, params, _ = checkpoint.load_for_inference(settings.workdir)
+  if cfg.max_len < settings.seq_len:
+    raise ValueError(f"the model of {settings.workdir} has max_len {cfg.max_len} < N = "
+                     f"{settings.seq_len}")
+  return cfg, params, (f"trained run {settings.workdir} "
+                       f"(step {checkpoint.latest_step(settings.workdir)})")
+
+
+def program_memory(compiled) -> dict[str, Any]:
+  """The compiled program's memory plan and the device's peak bytes in use (None where the device
+  does not report it, as on the CPU)."""
+  analysis = compiled.memory_analysis()
+  planned = None if analysis is None else (
+      analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+      + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+  stats = jax.local_devices()[0].memory_stats() or {}
+  return dict(planned_bytes=planned,
+              temp_bytes=None if analysis is None else analysis.temp_size_in_bytes,
+              argument_bytes=None if analysis is None else analysis.argument_size_in_bytes,
+              device_peak_bytes=stats.get("peak_bytes_in_use"))
+
+
 def time_configuration(cfg: ModelConfig, params, settings: Settings, batch: int, method: str,
                        seed: int) -> dict[str, Any]:
   """Compiles and times one (dtype, method, batch); the measured fields of a row."""
@@ -207,18 +261,29 @@ def time_configuration(cfg: ModelConfig, params, settings: Settings, batch: int,
   # Zero tokens, the first PROMPT_LEN ranks the prompt, then the hidden positions left to right.
   problem = make_problem(np.zeros((batch, n), np.int32), 1 - PROMPT_LEN / n, batch, seed)
   options = dict(method=method, draft_len=k, use_cache=True)
+  sampler = sampling.Sampler.create(cfg, **options)
   key = jax.random.key(seed)
 
-  def call(count: int):
-    return sampling.timed_sample(params, cfg, problem.tokens, problem.ranks, problem.num_prompt,
-                                 key, num_valid=problem.num_prompt + count, **options)
+  def posed(count: int) -> sampling.Batch:
+    return sampler.batch(problem.tokens, problem.ranks, problem.num_prompt, key,
+                         num_valid=problem.num_prompt + count)
 
-  out, compile_s, _ = call(settings.generated)  # compiles, then the warm-up run
-  baseline = call(k)[0]
+  long_batch, short_batch = posed(settings.generated), posed(k)  # the same shapes
+  start = time.perf_counter()
+  compiled = sampler.compile(params, long_batch)
+  compile_s = time.perf_counter() - start
+
+  def call(batch: sampling.Batch) -> tuple[sampling.SampleOutput, float]:
+    start = time.perf_counter()
+    out = jax.block_until_ready(compiled(params, batch))
+    return out, time.perf_counter() - start
+
+  out, _ = call(long_batch)  # the warm-up
+  baseline, _ = call(short_batch)
   runs, baseline_runs = [], []
   for _ in range(settings.repeats):
-    runs.append(call(settings.generated)[2])
-    baseline_runs.append(call(k)[2])
+    runs.append(call(long_batch)[1])
+    baseline_runs.append(call(short_batch)[1])
   run_s, baseline_s = statistics.median(runs), statistics.median(baseline_runs)
   rounds, baseline_rounds = int(np.max(out.rounds)), int(np.max(baseline.rounds))
   if rounds <= baseline_rounds:
@@ -233,7 +298,7 @@ def time_configuration(cfg: ModelConfig, params, settings: Settings, batch: int,
       baseline_run_seconds=baseline_s,
       ms_per_iteration=(run_s - baseline_s) / (rounds - baseline_rounds) * 1e3,
       ms_per_iteration_whole_run=run_s / rounds * 1e3,
-      tokens_per_second=batch * settings.generated / run_s)
+      tokens_per_second=batch * settings.generated / run_s, memory=program_memory(compiled))
 
 
 def finish_rows(rows: list[dict[str, Any]]) -> None:
@@ -282,7 +347,15 @@ def evaluate_targets(rows: list[dict[str, Any]], dtypes: Sequence[str]
 
 
 _COLUMNS = ("dtype", "batch", "method", "NFE", "rounds", "compile s", "run s", "ms/iter",
-            "ms/iter whole run", "floor ms (memory + compute)", "× floor", "× seq fwd", "tok/s")
+            "ms/iter whole run", "floor ms (memory + compute)", "× floor", "× seq fwd", "tok/s",
+            "planned MB", "device peak MB")
+
+
+def megabytes(num_bytes: int | None) -> str:
+  """`num_bytes` in MB for a table cell ("–" when unknown)."""
+  if num_bytes is None:
+    return "–"
+  return f"{num_bytes / 1e6:,.0f}" if num_bytes >= 1e7 else f"{num_bytes / 1e6:.2f}"
 
 
 def _table_row(row: dict[str, Any]) -> str:
@@ -295,7 +368,8 @@ def _table_row(row: dict[str, Any]) -> str:
            _fmt(row["ms_per_iteration_whole_run"], ".1f"),
            f"{floor['ms']:.1f} ({floor['ms_memory']:.1f} + {floor['ms_compute']:.1f})",
            _fmt(row["vs_floor"]), _fmt(row["vs_sequential_forward"]),
-           _fmt(row["tokens_per_second"], ".1f"))
+           _fmt(row["tokens_per_second"], ".1f"), megabytes(row["memory"]["planned_bytes"]),
+           megabytes(row["memory"]["device_peak_bytes"]))
   return "| " + " | ".join(cells) + " |"
 
 
@@ -351,14 +425,13 @@ def run_benchmark(settings: Settings, *, out: str | os.PathLike | None = None, s
                      ".json")
   floors = dict(read_bandwidth=measure_read_bandwidth(settings.read_bytes),
                 matmul={dtype: measure_matmul_rate(settings.matmul_shape, dtype)
-                        for dtype in (FLOAT32, "bfloat16")})
+                        for dtype in DTYPES})
   log(f"floors: {floors['read_bandwidth']['gb_per_second']:.1f} GB/s read, "
       + ", ".join(f"{dtype} {m['gflop_per_second']:.1f} GFLOP/s"
                   for dtype, m in floors["matmul"].items()))
-  base_cfg = settings.cfg
-  base_params = init_params(base_cfg, jax.random.key(seed))
+  base_cfg, base_params, description = model_under_test(settings, seed)
   num_params = int(sum(x.size for x in jax.tree.leaves(base_params)))
-  configs = [(dtype, method, batch) for dtype, method in CONFIGURATIONS
+  configs = [(dtype, method, batch) for dtype, method in settings.configurations
              for batch in settings.batches]
   variants, rows = {}, []
   for index, (dtype, method, batch) in enumerate(configs):
@@ -383,11 +456,11 @@ def run_benchmark(settings: Settings, *, out: str | os.PathLike | None = None, s
       machine={**_machine(), "load_average_start": load_at_start,
                "load_average_end": list(os.getloadavg())},
       git=_git_state(),
-      model=dict(description=f"random weights (init_params, seed {seed}), {num_params / 1e6:.1f}M "
-                             "parameters", config=base_cfg.to_dict(), num_params=num_params),
+      model=dict(description=f"{description}, {num_params / 1e6:.1f}M parameters",
+                 config=base_cfg.to_dict(), num_params=num_params),
       settings={**{k: v for k, v in dataclasses.asdict(settings).items() if k != "cfg"},
                 "prompt_len": PROMPT_LEN},
-      timing=dict(compile="sampling.timed_sample: lower + compile, excluded from run times",
+      timing=dict(compile="Sampler.compile: lower + compile, excluded from run times",
                   run=f"median of {settings.repeats} warm runs of G tokens and of k tokens "
                       "(alternating, after one warm-up)",
                   ms_per_iteration="(run s(G) - run s(k)) / (max rounds(G) - max rounds(k))"),
@@ -395,7 +468,7 @@ def run_benchmark(settings: Settings, *, out: str | os.PathLike | None = None, s
       floor_formula=__doc__[__doc__.index("The floor of one forward"):
                             __doc__.index("Reported per row")].strip(),
       results=rows,
-      targets=evaluate_targets(rows, list(dict.fromkeys(d for d, _ in CONFIGURATIONS))),
+      targets=evaluate_targets(rows, list(dict.fromkeys(d for d, _ in settings.configurations))),
       total_seconds=time.perf_counter() - start)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(results, indent=1) + "\n")
