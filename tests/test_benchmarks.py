@@ -361,13 +361,16 @@ def test_real_size_floor_follows_the_formula():
   assert assembled["ms"] == pytest.approx(parts[0]["ms"] + parts[1]["ms"])
 
 
-@pytest.mark.parametrize("flags,message", [(["--generated=7"], "multiple of --draft_len"),
-                                           (["--batches=1,x"], "comma-separated integers"),
-                                           (["--quick", "--generated=42"], "no room")])
-def test_real_size_user_mistakes_are_one_line(flags, message):
+@pytest.mark.parametrize("module,flags,message", [
+    ("real_size", ["--generated=7"], "multiple of --draft_len"),
+    ("real_size", ["--batches=1,x"], "comma-separated integers"),
+    ("real_size", ["--quick", "--generated=42"], "no room"),
+    ("device", ["--dtype=float16"], "dtype"),
+    ("device", ["--train_steps=1"], "train_steps")])
+def test_benchmark_user_mistakes_are_one_line(module, flags, message):
   """A user mistake: one line `error: ...`, exit status 2, before anything is measured."""
   root = pathlib.Path(__file__).resolve().parent.parent
-  done = subprocess.run([sys.executable, "-m", "benchmarks.real_size", *flags], cwd=root,
+  done = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *flags], cwd=root,
                         capture_output=True, text=True, timeout=120,
                         env={**os.environ, "PYTHONPATH": str(root)})
   assert done.returncode == 2, done.stderr
