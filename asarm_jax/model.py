@@ -469,8 +469,9 @@ def cast_for_inference(cfg: ModelConfig, params: dict, dtype: str) -> tuple[Mode
 
   With "bfloat16" the weights and the sampler's cache take half the memory and half the bytes a
   forward reads; attention scores, softmax and the LM head stay in float32, and so does the
-  relative-position product's accumulation (its operands too on the CPU: backend.py). It is a different model from the float32 one (its logits differ by bfloat16 rounding),
-  and every sampler draws exactly from *its* law.
+  relative-position product's accumulation (its operands too on the CPU: backend.py). It is a
+  different model from the float32 one (its logits differ by bfloat16 rounding), and every sampler
+  draws exactly from *its* law.
   """
   if dtype not in ("float32", "bfloat16"):
     raise ValueError(f"inference dtype must be 'float32' or 'bfloat16'; got {dtype!r}")

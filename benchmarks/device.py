@@ -9,8 +9,8 @@ python -m benchmarks.device --plan_only       # only the memory plan (compiled, 
    matmul-rate probe of the same run; ms per forward against its floor, tokens/s, each speculative
    iteration against the sequential forward) of sequential decoding, ASSD and fused ASSD, in
    float32 and bfloat16, at batches 1, 8, 32 and 128, with each program's memory plan and the
-   device's peak memory. The model is the trained run `--workdir` if it holds one (default
-   runs/default), else the XLNet-base shape with random weights.
+   device's peak memory. The model is the trained run `--workdir`, else runs/default if it holds
+   a checkpoint, else the XLNet-base shape with random weights.
 2. Memory plan: the sampler programs at the XLNet-base shape, batch `--plan_batch` (128) and
    N = 512, compiled from shapes alone, one per (dtype, method), against `--plan_budget_gb` (16, a
    16 GB GPU). The loop state (cache, tokens, laws) is carried by the while loop and updated in
@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import os
 import pathlib
 import sys
 import time
@@ -50,6 +49,7 @@ CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 SAMPLING_BATCHES = (1, 8, 32, 128)
 PLAN_METHODS = ("sequential", "assd", "assd_fused")
 MASK_TOKEN_ID = 6  # XLNet's <mask>; random tokens avoid it
+DEFAULT_RUN = "runs/default"  # sampled when --workdir is not given, if it holds a checkpoint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +66,19 @@ class Plan:
 
 def full_plan(*, workdir: str | None, dtype: str | None, plan_batch: int, plan_budget_gb: float,
               train_steps: int) -> Plan:
-  """The device run: `workdir`'s model if it holds a checkpoint, else the XLNet-base shape."""
-  trained = workdir if workdir and checkpoint.latest_step(workdir) is not None else None
+  """The device run: `workdir`'s model; with no `workdir`, runs/default's if it holds a
+  checkpoint, else the XLNet-base shape.
+
+  Raises:
+    FileNotFoundError: `workdir` holds no checkpoint.
+  """
+  if workdir is None:
+    trained = DEFAULT_RUN if checkpoint.latest_step(DEFAULT_RUN) is not None else None
+  elif checkpoint.latest_step(workdir) is None:
+    raise FileNotFoundError(f"--workdir {workdir} holds no checkpoint (omit --workdir to sample "
+                            "runs/default if trained, else the XLNet-base shape)")
+  else:
+    trained = workdir
   return Plan(
       sampling=dataclasses.replace(real_size.FULL, batches=SAMPLING_BATCHES, workdir=trained,
                                    configurations=_configurations(dtype)),
@@ -304,6 +315,9 @@ def main() -> None:
   """The command line (flags of `_define_flags`)."""
   from absl import flags  # pylint: disable=import-outside-toplevel
 
+  from asarm_jax.cli import common  # pylint: disable=import-outside-toplevel
+
+  common.quiet_library_logs()
   values = flags.FLAGS
   plan = (dry_run_plan(values.dtype) if values.dry_run else
           full_plan(workdir=values.workdir, dtype=values.dtype, plan_batch=values.plan_batch,
@@ -324,8 +338,8 @@ def _define_flags() -> None:
   flags.DEFINE_bool("dry_run", False, "Tiny settings of every part (a CPU smoke run).")
   flags.DEFINE_bool("plan_only", False, "Only the memory plan (compiled from shapes, not run).")
   flags.DEFINE_enum("dtype", None, list(real_size.DTYPES), "Sample in this dtype only.")
-  flags.DEFINE_string("workdir", "runs/default", "A trained run to sample (if it holds a "
-                      "checkpoint); else the XLNet-base shape with random weights.")
+  flags.DEFINE_string("workdir", None, "A trained run to sample (default: runs/default if it "
+                      "holds a checkpoint, else the XLNet-base shape with random weights).")
   flags.DEFINE_integer("plan_batch", 128, "Batch of the memory plan.")
   flags.DEFINE_float("plan_budget_gb", 16.0, "Device memory the plan must fit (GB).")
   flags.DEFINE_integer("train_steps", 12, "Training steps (the first compiles; at least 2).")

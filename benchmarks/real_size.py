@@ -19,8 +19,9 @@ content rows, at least 32 per row) small.
 
 Timing: `Sampler.compile` compiles (compile seconds, reported apart) and the program runs once
 (warm-up); then `repeats` warm runs generating G tokens alternate with warm runs generating a
-baseline of k (= draft_len) tokens, the same compilation (only `num_valid` differs). A loop iteration is one
-forward for sequential decoding and fused ASSD, one round of two forwards (draft, verify) for ASSD:
+baseline of k (= draft_len) tokens, the same compilation (only `num_valid` differs). A loop
+iteration is one forward for sequential decoding and fused ASSD, one round of two forwards (draft,
+verify) for ASSD:
   ms per iteration = (median run s(G) - median run s(k)) / (max rounds(G) - max rounds(k)),
 which leaves out what both runs share: the prefill forward, the set-up and the transfers. The
 whole run's run s / max rounds is reported beside it (`ms_per_iteration_whole_run`). G must be a
@@ -243,15 +244,16 @@ def model_under_test(settings: Settings, seed: int) -> tuple[ModelConfig, Any, s
 def program_memory(compiled) -> dict[str, Any]:
   """The compiled program's memory plan and the device's peak bytes in use (None where the device
   does not report it, as on the CPU)."""
-  analysis = compiled.memory_analysis()
-  planned = None if analysis is None else (
-      analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-      + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
   stats = jax.local_devices()[0].memory_stats() or {}
-  return dict(planned_bytes=planned,
-              temp_bytes=None if analysis is None else analysis.temp_size_in_bytes,
-              argument_bytes=None if analysis is None else analysis.argument_size_in_bytes,
-              device_peak_bytes=stats.get("peak_bytes_in_use"))
+  memory = dict(planned_bytes=None, temp_bytes=None, argument_bytes=None,
+                device_peak_bytes=stats.get("peak_bytes_in_use"))
+  analysis = compiled.memory_analysis()
+  if analysis is not None:
+    memory.update(planned_bytes=analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+                  + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes,
+                  temp_bytes=analysis.temp_size_in_bytes,
+                  argument_bytes=analysis.argument_size_in_bytes)
+  return memory
 
 
 def time_configuration(cfg: ModelConfig, params, settings: Settings, batch: int, method: str,

@@ -366,7 +366,8 @@ def test_real_size_floor_follows_the_formula():
     ("real_size", ["--batches=1,x"], "comma-separated integers"),
     ("real_size", ["--quick", "--generated=42"], "no room"),
     ("device", ["--dtype=float16"], "dtype"),
-    ("device", ["--train_steps=1"], "train_steps")])
+    ("device", ["--train_steps=1"], "train_steps"),
+    ("device", ["--workdir=no/such/run"], "holds no checkpoint")])
 def test_benchmark_user_mistakes_are_one_line(module, flags, message):
   """A user mistake: one line `error: ...`, exit status 2, before anything is measured."""
   root = pathlib.Path(__file__).resolve().parent.parent

@@ -58,8 +58,12 @@ def test_training_throughput_is_measured_against_the_peak(dry_run):
   assert training["grad_accum_steps"] == 2
 
 
-def test_full_plan_uses_a_trained_run_only_when_there_is_one(tmp_path):
-  plan = device.full_plan(workdir=str(tmp_path), dtype="bfloat16", plan_batch=128,
+def test_full_plan_uses_a_trained_run_only_when_there_is_one(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # no runs/default here
+  with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+    device.full_plan(workdir=str(tmp_path), dtype=None, plan_batch=128, plan_budget_gb=16,
+                     train_steps=12)
+  plan = device.full_plan(workdir=None, dtype="bfloat16", plan_batch=128,
                           plan_budget_gb=16, train_steps=12)
   assert plan.sampling.workdir is None and plan.sampling.cfg == real_size.XLNET_BASE
   assert plan.sampling.batches == (1, 8, 32, 128)

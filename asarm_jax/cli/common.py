@@ -11,6 +11,7 @@ overrides, and one error path.
 from __future__ import annotations
 
 import difflib
+import os
 import runpy
 import sys
 from collections.abc import Callable, Sequence
@@ -163,7 +164,11 @@ def run(main: Callable[[], object], *, module_name: str, summary: str) -> NoRetu
       main()
     except KeyboardInterrupt:
       print("interrupted", file=sys.stderr, flush=True)
-      sys.exit(INTERRUPTED_STATUS)
+      sys.stdout.flush()
+      # Not sys.exit: an interrupt that lands while XLA compiles leaves its threads running, and
+      # tearing the interpreter down under them segfaults. Training loops handle Ctrl-C themselves
+      # (they checkpoint, then exit), so nothing is left to save here.
+      os._exit(INTERRUPTED_STATUS)  # pylint: disable=protected-access
     except USER_ERRORS as error:
       fail(error)
 
