@@ -240,7 +240,8 @@ def fill_examples(params, cfg: ModelConfig, examples: Sequence[Example], rng, *,
       "random" (each example its own uniformly random order of its hidden positions).
     order_seed: seed of the random orders.
     **sampler_options: method, draft_len, temperature, top_k, top_p, banned_ids, use_cache,
-      adaptive (see `sampling.Sampler.create`).
+      adaptive, drafter, and the lossy r_atol and draft_only_temperature (see
+      `sampling.Sampler.create`).
 
   Returns:
     The batches, in the order they ran; `FilledBatch.completions` maps rows back to examples.

@@ -1,4 +1,5 @@
-"""Exact samplers for AS-ARMs: sequential decoding, ASSD and fused ASSD, as one jitted while_loop.
+"""Exact samplers for AS-ARMs: sequential decoding, ASSD (model or n-gram drafts) and fused ASSD, as
+one jitted while_loop.
 
 Every sampler draws from the same law: the product, in rank order, of the model's conditionals
 q(x_{rank n} | ranks < n), each passed through the same logit processing
@@ -32,6 +33,19 @@ window whose row saw exactly the decided ranks (the first forward's drafts, or t
 round that kept everything): that one is the model's conditional and is kept outright, as in ASSD.
 Why proposals drawn before, or conditioned on, a later-rejected token are still exact proposals is
 written out in `speculation.py`.
+
+Context n-gram drafts (`drafter="ngram"`, method "assd"): the k drafts of a round come from bigram
+counts of the row's decided tokens (ngram.py), drawn slot by slot (a slot whose left neighbour is
+drafted earlier in the round is conditioned on that draft), with their laws recorded. One verify
+forward per round computes q at every slot; the acceptance is the same, except that slot 0 is
+tested too (its proposal is not the model's conditional). A round costs 1 NFE and decides >= 1
+token, so NFE == rounds <= tokens. The proposals depend only on decided tokens and earlier drafts
+of the round, so speculation.py's condition (*) holds and the law is exact.
+
+Lossy options (off by default; `Sampler.lossy`, and `Sampler.name` ends in "(lossy)"): `r_atol > 0`
+keeps a draft when u < q/p + r_atol, and `draft_only_temperature` computes the verify laws q at
+temperature 1 while the drafts use `temperature`. Neither draws from the law above; both exist to
+reproduce the paper code's ablations.
 
 Adaptive draft length (`adaptive=True`, ASSD and fused): `draft_len` is the static maximum K and
 each row chooses its k in [1, K] every round from a discounted count of its past acceptance tests
@@ -96,12 +110,16 @@ import numpy as np
 from asarm_jax import backend
 from asarm_jax import cache as cache_lib
 from asarm_jax import masks as masks_lib
+from asarm_jax import ngram
 from asarm_jax import processors
 from asarm_jax import speculation
 from asarm_jax.cache import KVCache
 from asarm_jax.model import ASARM, ModelConfig
 
 METHODS = ("assd", "assd_fused", "sequential")
+# Where ASSD's proposals come from: the model's draft forward, or the context n-gram table
+# (ngram.py; one verify forward per round, method "assd" only).
+DRAFTERS = ("model", "ngram")
 AUTO = "auto"  # the exact method measured fastest for the batch size on this backend
 DEFAULT_METHOD = AUTO  # what `sample` and the applications use unless told otherwise
 # k. Fused rounds with the trained default model on a 2-core CPU (N = 512, batch 1, infill order,
@@ -228,9 +246,11 @@ def _sample_rows(keys: jax.Array, probs: jax.Array) -> jax.Array:
   return jax.vmap(processors.sample_from)(keys, probs)
 
 
-def _uniform_rows(keys: jax.Array, num: int) -> jax.Array:
-  """num uniforms in [0, 1) per row: keys [B] -> float32 [B, num]."""
-  return jax.vmap(lambda key: jax.random.uniform(key, (num,)))(keys)
+def _uniforms(keys: jax.Array, num: int, sampler: Sampler) -> jax.Array:
+  """The acceptance uniforms, num per row: keys [B] -> float32 [B, num]. A draft is kept when
+  u < q/p; the lossy `r_atol` keeps it when u < q/p + r_atol, i.e. it lowers u by r_atol."""
+  u = jax.vmap(lambda key: jax.random.uniform(key, (num,)))(keys)
+  return u - sampler.r_atol if sampler.r_atol else u
 
 
 _pick = speculation.pick_slots  # values [B, K, ...] at index [B, J] along axis 1 -> [B, J, ...]
@@ -240,6 +260,16 @@ def _write(tokens: jax.Array, positions: jax.Array, values: jax.Array, where: ja
   """tokens [B, N] with values [B, J] written at positions [B, J] where `where` [B, J] holds."""
   rows = jnp.arange(tokens.shape[0])[:, None]
   return tokens.at[rows, jnp.where(where, positions, tokens.shape[1])].set(values, mode="drop")
+
+
+def _decide(tokens: jax.Array, positions: jax.Array, drafts: jax.Array,
+            verdict: speculation.Verdict, keys: jax.Array) -> jax.Array:
+  """tokens [B, N] with a round's kept drafts [B, K] written at their positions [B, K], and the
+  first rejected slot drawn from the residual with `keys` [B]."""
+  fix = _sample_rows(keys, verdict.residual)  # [B, 1]
+  first_out = jnp.minimum(verdict.num_kept, drafts.shape[1] - 1)[:, None]  # [B, 1]
+  tokens = _write(tokens, positions, drafts, verdict.kept)
+  return _write(tokens, _pick(positions, first_out), fix, verdict.rejected[:, None])
 
 
 def _sequential_step(params, state: _LoopState, *, sampler: Sampler,
@@ -273,6 +303,26 @@ def _next_draft_len(state: _LoopState, verdict: speculation.Verdict, keep_first,
   return stats, speculation.choose_draft_len(stats, sampler.draft_len, free_first)
 
 
+def _finish_round(state: _LoopState, tokens, verdict: speculation.Verdict, drafts, p, num_drafts,
+                  *, num_cached, cost, keep_first, key, sampler: Sampler) -> _LoopState:
+  """The state after an ASSD round (model or n-gram drafts) that tested `drafts` [B, K] drawn
+  from `p` [B, K, V] and decided `tokens` [B, N]; `cost` is the round's NFE per row."""
+  stats, draft_len = _next_draft_len(state, verdict, keep_first, keep_first, sampler=sampler)
+  return state.replace(
+      tokens=tokens,
+      num_decided=state.num_decided + verdict.num_kept + verdict.rejected.astype(jnp.int32),
+      num_cached=num_cached,
+      draft_tokens=drafts,
+      draft_probs=p,
+      draft_len=draft_len,
+      stats=stats,
+      nfe=state.nfe + cost,
+      rounds=state.rounds + 1,
+      accepted=state.accepted + verdict.num_kept,
+      drafted=state.drafted + num_drafts,
+      keys=key)
+
+
 def _assd_round(params, state: _LoopState, *, sampler: Sampler, num_content: int) -> _LoopState:
   """One ASSD round: draft forward, verify forward (skipped when m == 1), acceptance."""
   cfg, sampling, max_len = sampler.cfg, sampler.sampling, sampler.draft_len
@@ -299,33 +349,47 @@ def _assd_round(params, state: _LoopState, *, sampler: Sampler, num_content: int
   else:
     def verify():
       logits, cache = _forward(params, cfg, state, drafted, n + num_drafts, target, max_len)
-      return processors.probabilities(logits, sampling), cache  # [B, K, V]
+      return processors.probabilities(logits, sampler.target_sampling), cache  # [B, K, V]
 
     q, cache = jax.lax.cond(verified, verify, lambda: (p, state.cache))
-    u = _uniform_rows(keys[:, 2], max_len)  # [B, K]
+    u = _uniforms(keys[:, 2], max_len, sampler)  # [B, K]
   # 3. Accept in rank order; the first slot is kept outright (see the module docstring).
   keep_first = jnp.ones((batch,), bool)
   verdict = sampler.rules.accept(p, q, drafts, u, num_drafts, keep_first)
-  fix = _sample_rows(keys[:, 3], verdict.residual)  # [B, 1]
-  first_out = jnp.minimum(verdict.num_kept, max_len - 1)[:, None]  # [B, 1]
-  tokens = _write(state.tokens, positions, drafts, verdict.kept)
-  tokens = _write(tokens, _pick(positions, first_out), fix, verdict.rejected[:, None])
-  stats, draft_len = _next_draft_len(state, verdict, keep_first, keep_first, sampler=sampler)
-  return state.replace(
-      tokens=tokens,
-      num_decided=n + verdict.num_kept + verdict.rejected.astype(jnp.int32),
-      cache=cache,
-      # The verify pass computed the drafts' content rows; the kept ones are now decided.
-      num_cached=jnp.where(verified, n + verdict.num_kept, n),
-      draft_tokens=drafts,
-      draft_probs=p,
-      draft_len=draft_len,
-      stats=stats,
-      nfe=state.nfe + jnp.where(num_drafts > 1, 2, 1),
-      rounds=state.rounds + 1,
-      accepted=state.accepted + verdict.num_kept,
-      drafted=state.drafted + num_drafts,
-      keys=keys[:, 0])
+  tokens = _decide(state.tokens, positions, drafts, verdict, keys[:, 3])
+  # The verify pass computed the drafts' content rows; the kept ones are now decided.
+  return _finish_round(state.replace(cache=cache), tokens, verdict, drafts, p, num_drafts,
+                       num_cached=jnp.where(verified, n + verdict.num_kept, n),
+                       cost=jnp.where(num_drafts > 1, 2, 1), keep_first=keep_first,
+                       key=keys[:, 0], sampler=sampler)
+
+
+def _ngram_round(params, state: _LoopState, *, sampler: Sampler, num_content: int) -> _LoopState:
+  """One round with context n-gram drafts: drafts from the row's bigram table (ngram.py), one
+  verify forward, acceptance. No draft is the model's conditional, so slot 0 is tested too."""
+  cfg, max_len = sampler.cfg, sampler.draft_len
+  batch, length = state.tokens.shape
+  n = state.num_decided
+  slots = jnp.arange(max_len)[None, :]  # [1, K]
+  num_drafts = jnp.clip(state.num_valid - n, 0, state.draft_len)  # [B] (m)
+  in_round = slots < num_drafts[:, None]  # [B, K]
+  target = jnp.minimum(n[:, None] + slots, length - 1)  # [B, K] ranks
+  positions = _pick(state.by_rank, target)  # [B, K]
+  keys = _split_rows(state.keys, 4)  # [B, 4]: next, draft, accept, resample
+  allowed = jnp.ones((cfg.vocab_size,), bool).at[jnp.array(sampler.sampling.banned_ids)].set(False)
+  drafts, p = ngram.draft(keys[:, 1], state.tokens, state.ranks < n[:, None], positions, in_round,
+                          allowed)  # [B, K], [B, K, V]
+  drafted = _write(state.tokens, positions, drafts, in_round)  # [B, N]
+  logits, cache = _forward(params, cfg, state, drafted, n + num_drafts, target, num_content)
+  q = processors.probabilities(logits, sampler.target_sampling)  # [B, K, V]
+  keep_first = jnp.zeros((batch,), bool)
+  verdict = sampler.rules.accept(p, q, drafts, _uniforms(keys[:, 2], max_len, sampler),
+                                 num_drafts, keep_first)
+  tokens = _decide(state.tokens, positions, drafts, verdict, keys[:, 3])
+  # The forward computed the drafts' content rows; the kept ones are now decided.
+  return _finish_round(state.replace(cache=cache), tokens, verdict, drafts, p, num_drafts,
+                       num_cached=n + verdict.num_kept, cost=1, keep_first=keep_first,
+                       key=keys[:, 0], sampler=sampler)
 
 
 def _fused_start(params, state: _LoopState, *, sampler: Sampler, num_content: int) -> _LoopState:
@@ -362,15 +426,16 @@ def _fused_round(params, state: _LoopState, *, sampler: Sampler, num_content: in
   keys = _split_rows(state.keys, 4)  # [B, 4]: next, propose, accept, resample
   query_ranks = jnp.concatenate([verify_ranks, propose_ranks], axis=1)  # [B, 2K]
   logits, cache = _forward(params, cfg, state, proposed, n + num_tested, query_ranks, num_content)
-  probs = processors.probabilities(logits, sampler.sampling)  # [B, 2K, V]
-  q, new_probs = probs[:, :max_len], probs[:, max_len:]
-  u = _uniform_rows(keys[:, 2], max_len)  # [B, K]
+  if sampler.target_sampling == sampler.sampling:
+    probs = processors.probabilities(logits, sampler.sampling)  # [B, 2K, V]
+    q, new_probs = probs[:, :max_len], probs[:, max_len:]
+  else:  # the lossy draft-only temperature
+    q = processors.probabilities(logits[:, :max_len], sampler.target_sampling)  # [B, K, V]
+    new_probs = processors.probabilities(logits[:, max_len:], sampler.sampling)  # [B, K, V]
+  u = _uniforms(keys[:, 2], max_len, sampler)  # [B, K]
   verdict = sampler.rules.accept(state.draft_probs, q, state.draft_tokens, u, num_tested,
                                  keep_first)
-  fix = _sample_rows(keys[:, 3], verdict.residual)  # [B, 1]
-  first_out = jnp.minimum(verdict.num_kept, max_len - 1)[:, None]  # [B, 1]
-  tokens = _write(state.tokens, positions, state.draft_tokens, verdict.kept)
-  tokens = _write(tokens, _pick(positions, first_out), fix, verdict.rejected[:, None])
+  tokens = _decide(state.tokens, positions, state.draft_tokens, verdict, keys[:, 3])
 
   shift = verdict.num_kept + verdict.rejected.astype(jnp.int32)  # [B]: ranks decided
   window_tokens, window_probs = sampler.rules.refill(
@@ -469,13 +534,17 @@ def _traced_run(params, batch: Batch, sampler: Sampler) -> SampleOutput:
       "sequential": (_sequential_step, 1),
       "assd": (_assd_round, 1),
       "assd_fused": (_fused_round, sampler.draft_len + 1),
-  }[sampler.method]  # steady-state content rows per forward with a cache (module docstring)
+      "ngram": (_ngram_round, sampler.draft_len + 1),
+  }[sampler.method if sampler.drafter == "model" else sampler.drafter]
+  # (num_content: steady-state content rows per forward with a cache; module docstring)
   step = functools.partial(step, sampler=sampler)
   if sampler.method == "assd_fused":
     state = _fused_start(params, state, sampler=sampler, num_content=batch.prefill_rows)
   elif sampler.use_cache:
-    # The first step is every row's and its forward also computes the prompt's content rows.
-    state = step(params, state, num_content=batch.prefill_rows)
+    # The first step is every row's and its forward also computes the prompt's content rows (and
+    # an n-gram round's drafts).
+    first_rows = batch.prefill_rows + (num_content - 1 if sampler.drafter == "ngram" else 0)
+    state = step(params, state, num_content=min(first_rows, batch.tokens.shape[1]))
   state = _loop(params, state, functools.partial(step, num_content=num_content))
   padding = batch.ranks >= batch.num_valid[:, None]  # [B, N]
   return SampleOutput(tokens=jnp.where(padding, batch.tokens, state.tokens), nfe=state.nfe,
@@ -553,6 +622,11 @@ class Sampler:
     adaptive: per-row draft lengths in [1, K] (speculative methods with K > 1 only).
     rules: the speculative rules; always `speculation.EXACT` outside the tests.
     choices: the backend's lowering choices (backend.py), fixed when the Sampler is built.
+    drafter: one of DRAFTERS ("ngram" with method "assd" only).
+    r_atol: LOSSY when > 0: a draft is kept when u < q/p + r_atol (fewer forwards, not the law
+      of sequential decoding).
+    draft_only_temperature: LOSSY: the temperature shapes the drafts only; the verify laws q are
+      taken at temperature 1 (the paper code's "oracle without temperature").
   """
   cfg: ModelConfig
   method: str
@@ -562,6 +636,28 @@ class Sampler:
   adaptive: bool
   rules: speculation.Rules = speculation.EXACT
   choices: backend.Choices = dataclasses.field(default_factory=backend.current)
+  drafter: str = "model"
+  r_atol: float = 0.0
+  draft_only_temperature: bool = False
+
+  @property
+  def lossy(self) -> bool:
+    """True when an option makes the output law differ from sequential decoding's."""
+    return self.r_atol > 0 or self.draft_only_temperature
+
+  @property
+  def target_sampling(self) -> processors.SamplingConfig:
+    """The processing of the verify laws q: `sampling`, at temperature 1 with the lossy
+    draft-only temperature."""
+    if self.draft_only_temperature:
+      return dataclasses.replace(self.sampling, temperature=1.0)
+    return self.sampling
+
+  @property
+  def name(self) -> str:
+    """The sampler's label in results: the method, its drafter if not the model, and "lossy"."""
+    label = self.method if self.drafter == "model" else f"{self.method}_{self.drafter}"
+    return f"{label} (lossy)" if self.lossy else label
 
   @property
   def query_rows(self) -> int:
@@ -573,7 +669,8 @@ class Sampler:
              draft_len: int = DEFAULT_DRAFT_LEN, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, banned_ids: Sequence[int] = (), use_cache: bool = True,
              adaptive: bool = False, batch_shape: tuple[int, int] | None = None,
-             rules: speculation.Rules = speculation.EXACT) -> Sampler:
+             rules: speculation.Rules = speculation.EXACT, drafter: str = "model",
+             r_atol: float = 0.0, draft_only_temperature: bool = False) -> Sampler:
     """A validated Sampler.
 
     Args:
@@ -595,15 +692,35 @@ class Sampler:
       batch_shape: (B, N) of the batches the sampler will be called on (only "auto" uses it;
         default one row of the model's max_len).
       rules: leave at `speculation.EXACT` (the tests pass wrong rules here).
+      drafter: "model" (the model's own draft forward) or "ngram" (bigram counts of the row's
+        decided tokens, ngram.py: one forward per round; exact; method "assd" or "auto").
+      r_atol: LOSSY, default 0 (off): keep a draft when u < q/p + r_atol. Fewer forwards, and the
+        samples no longer follow the sequential law (speculative methods only).
+      draft_only_temperature: LOSSY, default off: `temperature` applies to the drafts only and the
+        verify laws use temperature 1 (model drafts only).
 
     Raises:
       ValueError: naming the bad option.
     """
+    if drafter not in DRAFTERS:
+      raise ValueError(f"drafter must be one of {DRAFTERS}; got {drafter!r}")
     if method == AUTO:
-      method = ("assd_fused" if adaptive is True
+      method = ("assd" if drafter == "ngram" else "assd_fused" if adaptive is True
                 else fastest_method(*(batch_shape or (1, cfg.max_len))))
     if method not in METHODS:
       raise ValueError(f"method must be one of {(*METHODS, AUTO)}; got {method!r}")
+    if drafter == "ngram" and method != "assd":
+      raise ValueError(f"drafter 'ngram' needs method 'assd' (or 'auto'); got {method!r}")
+    if (isinstance(r_atol, bool) or not isinstance(r_atol, (int, float, np.number))
+        or not 0 <= r_atol < float("inf")):
+      raise ValueError(f"r_atol must be a number >= 0 (0 = off; > 0 is lossy); got {r_atol!r}")
+    draft_only_temperature = _flag("draft_only_temperature", draft_only_temperature)
+    if (r_atol > 0 or draft_only_temperature) and method == "sequential":
+      raise ValueError("r_atol and draft_only_temperature are options of the speculative methods "
+                       "'assd' and 'assd_fused'; sequential decoding has no drafts")
+    if draft_only_temperature and drafter == "ngram":
+      raise ValueError("draft_only_temperature needs drafter 'model' (n-gram drafts have no "
+                       "temperature)")
     if (isinstance(draft_len, bool) or not isinstance(draft_len, (int, np.integer))
         or draft_len < 1):
       raise ValueError(f"draft_len must be an integer >= 1; got {draft_len!r}")
@@ -617,7 +734,8 @@ class Sampler:
     speculative = method != "sequential"
     return cls(cfg=cfg, method=method, draft_len=int(draft_len) if speculative else 1,
                sampling=sampling, use_cache=use_cache,
-               adaptive=adaptive and speculative and draft_len > 1, rules=rules)
+               adaptive=adaptive and speculative and draft_len > 1, rules=rules, drafter=drafter,
+               r_atol=float(r_atol), draft_only_temperature=draft_only_temperature)
 
   def batch(self, tokens, ranks, num_prompt, rng, num_valid=None) -> Batch:
     """Validates a batch of problems on the host (see `__call__` for the arguments).
@@ -703,7 +821,7 @@ def sample(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, *, num_vali
   """`Sampler.create(cfg, **options)(params, tokens, ranks, num_prompt, rng, num_valid=...)`.
 
   Options (see `Sampler.create`): method, draft_len, temperature, top_k, top_p, banned_ids,
-  use_cache, adaptive; "auto" resolves with the batch size B. Raises ValueError naming a bad
+  use_cache, adaptive, drafter and the lossy r_atol and draft_only_temperature; "auto" resolves with the batch size B. Raises ValueError naming a bad
   argument before anything is compiled.
   """
   sampler = Sampler.create(cfg, batch_shape=_batch_shape(tokens), **options)

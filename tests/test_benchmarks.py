@@ -367,7 +367,10 @@ def test_real_size_floor_follows_the_formula():
     ("real_size", ["--quick", "--generated=42"], "no room"),
     ("device", ["--dtype=float16"], "dtype"),
     ("device", ["--train_steps=1"], "train_steps"),
-    ("device", ["--workdir=no/such/run"], "holds no checkpoint")])
+    ("device", ["--workdir=no/such/run"], "holds no checkpoint"),
+    ("drafters", [], "name a model"),
+    ("drafters", ["--quick", "--draft_len=0"], "draft_len"),
+    ("drafters", ["--workdir=no/such/run"], "no/such/run")])
 def test_benchmark_user_mistakes_are_one_line(module, flags, message):
   """A user mistake: one line `error: ...`, exit status 2, before anything is measured."""
   root = pathlib.Path(__file__).resolve().parent.parent

@@ -2,7 +2,7 @@
 
 python sample.py --workdir runs/default --text $'def add(a, b):\n    return [MASK*4]\n' \
     [--method auto] [--draft_len 3] [--temperature 0.8] [--seed 0] [--batch 4] [--json]
-    [--dtype bfloat16]
+    [--dtype bfloat16] [--drafter ngram] [--r_atol 0.3 (lossy)] [--draft_only_temperature (lossy)]
 python sample.py --random_model --text '...'   # an untrained model, to try the sampler
 """
 from __future__ import annotations
@@ -34,6 +34,16 @@ _METHOD = flags.DEFINE_enum("method", sampling.DEFAULT_METHOD,
                             "backend).")
 _DRAFT_LEN = flags.DEFINE_integer("draft_len", sampling.DEFAULT_DRAFT_LEN,
                                    "ASSD drafts per round (k).")
+_DRAFTER = flags.DEFINE_enum("drafter", "model", list(sampling.DRAFTERS),
+                             "Where ASSD's drafts come from: the model, or bigram counts of the "
+                             "decided tokens (ngram; exact, one forward per round, --method assd "
+                             "or auto).")
+_R_ATOL = flags.DEFINE_float("r_atol", 0.0,
+                             "LOSSY when > 0: keep a draft when u < q/p + r_atol (fewer forwards; "
+                             "the samples no longer follow the model's law).")
+_DRAFT_ONLY_TEMPERATURE = flags.DEFINE_bool(
+    "draft_only_temperature", False,
+    "LOSSY: --temperature shapes the drafts only; the verify pass uses temperature 1.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature; 0 is greedy.")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0 = off).")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus mass in (0, 1] (1 = off).")
@@ -52,6 +62,7 @@ flags.register_validator("top_p", lambda p: 0 < p <= 1, "must be in (0, 1] (1 = 
 flags.register_validator("top_k", lambda k: k >= 0, "must be >= 0 (0 = off)")
 flags.register_validator("draft_len", lambda k: k >= 1, "must be >= 1")
 flags.register_validator("batch", lambda b: b >= 1, "must be >= 1")
+flags.register_validator("r_atol", lambda r: r >= 0, "must be >= 0 (0 = off; > 0 is lossy)")
 flags.register_multi_flags_validator(
     ["workdir", "random_model"],
     lambda values: values["random_model"] != (values["workdir"] is not None),
@@ -88,15 +99,19 @@ def random_model(seed: int = 0, *, vocab_size: int = 512) -> tuple[ModelConfig, 
   return cfg, init_params(cfg, jax.random.key(seed)), tokenizer
 
 
-def format_results(results: list[infilling.Infilled], *, as_json: bool) -> list[str]:
-  """One text block (or JSON line) per sample, with its cost and the batch's speed."""
+def format_results(results: list[infilling.Infilled], *, as_json: bool,
+                   lossy: bool = False) -> list[str]:
+  """One text block (or JSON line) per sample, with its cost and the batch's speed; samples of a
+  lossy sampler say so."""
   speed = sum(r.num_generated for r in results) / max(results[0].seconds, 1e-9)
+  label = "LOSSY sample (not the model's law)" if lossy else "sample"
   lines = []
   for index, result in enumerate(results):
     if as_json:
-      lines.append(json.dumps({"sample": index, **result.to_json(), "tokens_per_second": speed}))
+      lines.append(json.dumps({"sample": index, **result.to_json(), "tokens_per_second": speed,
+                               "lossy": lossy}))
     else:
-      lines.append(f"--- sample {index}\n{result.text}\n--- nfe {result.nfe}, rounds "
+      lines.append(f"--- {label} {index}\n{result.text}\n--- nfe {result.nfe}, rounds "
                    f"{result.rounds}, accepted {result.accepted}, generated "
                    f"{result.num_generated} tokens; batch: {speed:.1f} tokens/s "
                    f"({result.seconds:.3f} s run, {result.compile_seconds:.1f} s compile)")
@@ -119,8 +134,10 @@ def main():
       params, cfg, tokenizer, _TEXT.value, jax.random.key(_SEED.value), num_samples=_BATCH.value,
       order=_ORDER.value, order_seed=_SEED.value, method=_METHOD.value,
       draft_len=_DRAFT_LEN.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
-      top_p=_TOP_P.value)
-  print("\n".join(format_results(results, as_json=_JSON.value)))
+      top_p=_TOP_P.value, drafter=_DRAFTER.value, r_atol=_R_ATOL.value,
+      draft_only_temperature=_DRAFT_ONLY_TEMPERATURE.value)
+  lossy = _R_ATOL.value > 0 or _DRAFT_ONLY_TEMPERATURE.value
+  print("\n".join(format_results(results, as_json=_JSON.value, lossy=lossy)))
 
 
 def run():
