@@ -134,6 +134,11 @@ DEFAULT_DRAFT_LEN = 3
 # thresholds are `backend.CPU.fused_max_batch` and `fused_min_length`.
 
 
+def is_lossy(r_atol: float, draft_only_temperature: bool) -> bool:
+  """Whether these option values make a sampler lossy (see `Sampler.create`)."""
+  return r_atol > 0 or draft_only_temperature
+
+
 def fastest_method(batch_size: int, length: int, backend_name: str | None = None) -> str:
   """The exact method `method="auto"` resolves to for a batch of `batch_size` rows of `length`
   positions on the XLA backend `backend_name` (default: the choices in force, `backend.current()`).
@@ -643,7 +648,7 @@ class Sampler:
   @property
   def lossy(self) -> bool:
     """True when an option makes the output law differ from sequential decoding's."""
-    return self.r_atol > 0 or self.draft_only_temperature
+    return is_lossy(self.r_atol, self.draft_only_temperature)
 
   @property
   def target_sampling(self) -> processors.SamplingConfig:
@@ -821,8 +826,8 @@ def sample(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, *, num_vali
   """`Sampler.create(cfg, **options)(params, tokens, ranks, num_prompt, rng, num_valid=...)`.
 
   Options (see `Sampler.create`): method, draft_len, temperature, top_k, top_p, banned_ids,
-  use_cache, adaptive, drafter and the lossy r_atol and draft_only_temperature; "auto" resolves with the batch size B. Raises ValueError naming a bad
-  argument before anything is compiled.
+  use_cache, adaptive, drafter and the lossy r_atol and draft_only_temperature; "auto" resolves
+  with the batch size B. Raises ValueError naming a bad argument before anything is compiled.
   """
   sampler = Sampler.create(cfg, batch_shape=_batch_shape(tokens), **options)
   return sampler(params, tokens, ranks, num_prompt, rng, num_valid=num_valid)

@@ -1,4 +1,4 @@
-"""Drafter benchmark: the context n-gram drafter vs model drafts vs fused rounds, and the r_atol curve.
+"""Drafter benchmark: the context n-gram drafter vs model drafts vs fused rounds; the r_atol curve.
 
 python -m benchmarks.drafters --workdir runs/default     # the trained default model
 python -m benchmarks.drafters --random_model             # untrained, configs/default.py's sizes
@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asarm_jax import sampling
+from asarm_jax import processors, sampling
 from asarm_jax.model import ASARM
 from benchmarks import sampling as sampling_benchmark
 
@@ -71,9 +71,10 @@ def _self_nll(model, problem, tokens: np.ndarray) -> float:
   """Nats per generated token the model gives the samples `tokens` [B, N] at temperature 1."""
   logits = ASARM(model.cfg).apply({"params": model.params}, jnp.asarray(tokens),
                                   jnp.asarray(problem.ranks), jnp.int32(problem.num_prompt))
-  logits = logits.at[..., model.cfg.mask_token_id].set(-jnp.inf)
-  log_probs = jax.nn.log_softmax(logits, axis=-1)  # [B, N, V]
-  picked = np.asarray(jnp.take_along_axis(log_probs, jnp.asarray(tokens)[..., None], -1)[..., 0])
+  untempered = processors.SamplingConfig(temperature=1.0, banned_ids=(model.cfg.mask_token_id,))
+  probs = processors.probabilities(logits, untempered)  # [B, N, V]
+  picked = np.log(np.asarray(
+      jnp.take_along_axis(probs, jnp.asarray(tokens)[..., None], axis=-1)[..., 0]))  # [B, N]
   hidden = problem.ranks >= problem.num_prompt
   return float(-picked[hidden].mean())
 

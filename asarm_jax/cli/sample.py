@@ -136,7 +136,7 @@ def main():
       draft_len=_DRAFT_LEN.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
       top_p=_TOP_P.value, drafter=_DRAFTER.value, r_atol=_R_ATOL.value,
       draft_only_temperature=_DRAFT_ONLY_TEMPERATURE.value)
-  lossy = _R_ATOL.value > 0 or _DRAFT_ONLY_TEMPERATURE.value
+  lossy = sampling.is_lossy(_R_ATOL.value, _DRAFT_ONLY_TEMPERATURE.value)
   print("\n".join(format_results(results, as_json=_JSON.value, lossy=lossy)))
 
 
