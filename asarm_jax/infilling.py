@@ -13,7 +13,8 @@ hidden ones in the chosen order. Short batches are topped up with copies of thei
 every batch of a length bucket shares one compilation. Padding positions take the last ranks and
 are passed as `num_valid`: they are never generated and nothing attends to them, so the result is
 the same as with the exact length. Example i samples with `fold_in(rng, i)` (and, in the random
-order, its order from `fold_in(key(order_seed), i)`), and a row's result does not depend on the
+order, its order from `fold_in(key(order_seed), i)`, drawn over its own length), and a row's result
+does not depend on the
 other rows of its batch, so a completion does not depend on the batch size or on which other
 examples are filled with it.
 
@@ -36,7 +37,7 @@ from asarm_jax import masks as masks_lib
 from asarm_jax import sampling
 from asarm_jax.model import ModelConfig
 
-ORDERS = ("infill", "random")
+ORDERS = masks_lib.ORDERS
 _SPAN_START = "[MASK"
 _SPAN = re.compile(r"\[MASK(?:\*(-?\d+))?\]")
 
@@ -182,16 +183,15 @@ def _batches(examples: Sequence[Example], batch_size: int, length_bucket: int,
   return batches
 
 
-def pose_batch(examples: Sequence[Example], length: int, *, order: str = "infill",
+def pose_batch(examples: Sequence[Example], length: int, *, order: str = "left_to_right",
                order_seed: int = 0, indices: Sequence[int] | None = None):
   """The sampler's inputs for `examples` padded to `length`: prompt first, then the hidden
-  positions (left to right, or at random: example i's order from `fold_in(key(order_seed), i)`,
-  where i is `indices[row]`, default the row), padding last.
+  positions in `order` (one of `ORDERS`; the random one of example i from
+  `fold_in(key(order_seed), i)`, where i is `indices[row]`, default the row), padding last.
 
   Returns:
     (tokens int32 [B, N], ranks int32 [B, N], num_prompt int32 [B], num_valid int32 [B]).
   """
-  _check_order(order)
   indices = range(len(examples)) if indices is None else indices
   tokens = np.zeros((len(examples), length), np.int32)  # [B, N]
   is_prompt = np.zeros((len(examples), length), bool)  # [B, N]
@@ -200,23 +200,18 @@ def pose_batch(examples: Sequence[Example], length: int, *, order: str = "infill
     tokens[row, :num_valid[row]] = example.tokens
     is_prompt[row, :num_valid[row]] = ~example.hidden
   num_prompt = is_prompt.sum(axis=1).astype(np.int32)
-  if order == "infill":
-    # Padding is at the end and not in the prompt, so it takes the last ranks.
-    ranks = np.asarray(masks_lib.infill_ranks(jnp.asarray(is_prompt)))
-    return tokens, ranks, num_prompt, num_valid
+  valid = np.arange(length) < num_valid[:, None]  # [B, N]
+  if order != "random":  # padding takes the last ranks
+    ranks = masks_lib.order_ranks(order, jnp.asarray(is_prompt), valid=jnp.asarray(valid))
+    return tokens, np.asarray(ranks), num_prompt, num_valid
   order_key = jax.random.key(order_seed)
-  ranks = []
+  ranks = np.tile(np.arange(length, dtype=np.int32), (len(examples), 1))  # padding: last ranks
   for row, index in enumerate(indices):
-    used = int(num_valid[row])
-    random = masks_lib.random_ranks(jax.random.fold_in(order_key, index),
-                                    jnp.asarray(is_prompt[row:row + 1, :used]))[0]
-    ranks.append(np.concatenate([np.asarray(random), np.arange(used, length)]))
-  return tokens, np.stack(ranks).astype(np.int32), num_prompt, num_valid
-
-
-def _check_order(order: str) -> None:
-  if order not in ORDERS:
-    raise ValueError(f"order must be one of {ORDERS}; got {order!r}")
+    used = int(num_valid[row])  # drawn over the example's own length: independent of the padding
+    ranks[row, :used] = np.asarray(masks_lib.order_ranks(
+        order, jnp.asarray(is_prompt[row:row + 1, :used]),
+        key=jax.random.fold_in(order_key, index)))[0]
+  return tokens, ranks, num_prompt, num_valid
 
 
 def _check_sizes(**sizes: int) -> None:
@@ -226,7 +221,7 @@ def _check_sizes(**sizes: int) -> None:
 
 
 def fill_examples(params, cfg: ModelConfig, examples: Sequence[Example], rng, *,
-                  batch_size: int = 16, length_bucket: int = 64, order: str = "infill",
+                  batch_size: int = 16, length_bucket: int = 64, order: str = "left_to_right",
                   order_seed: int = 0, **sampler_options) -> list[FilledBatch]:
   """Fills the hidden positions of every example, in batches of `batch_size` rows.
 
@@ -236,12 +231,12 @@ def fill_examples(params, cfg: ModelConfig, examples: Sequence[Example], rng, *,
     rng: PRNG key; example i uses `fold_in(rng, i)`.
     batch_size: rows per sampler call.
     length_bucket: sequence lengths are rounded up to a multiple of this (at most cfg.max_len).
-    order: "infill" (the paper's: visible tokens, then the hidden positions left to right) or
-      "random" (each example its own uniformly random order of its hidden positions).
+    order: the order of the hidden positions, one of `ORDERS` (`masks.ORDER_HELP`): the default
+      "left_to_right" is the paper's; "random" gives each example its own uniformly random order.
     order_seed: seed of the random orders.
     **sampler_options: method, draft_len, temperature, top_k, top_p, banned_ids, use_cache,
-      adaptive, drafter, and the lossy r_atol and draft_only_temperature (see
-      `sampling.Sampler.create`).
+      adaptive, drafter, adaptive_order (not a fixed order's law; it overrides `order` beyond the
+      prompt), and the lossy r_atol and draft_only_temperature (see `sampling.Sampler.create`).
 
   Returns:
     The batches, in the order they ran; `FilledBatch.completions` maps rows back to examples.
@@ -250,7 +245,7 @@ def fill_examples(params, cfg: ModelConfig, examples: Sequence[Example], rng, *,
     ValueError: a bad example or option, before anything is compiled.
   """
   _check_sizes(batch_size=batch_size, length_bucket=length_bucket)
-  _check_order(order)  # before anything is compiled (pose_batch meets it after a compilation)
+  masks_lib.check_order_name(order)  # before anything is compiled
   check_examples(examples, cfg)
   sampling.Sampler.create(cfg, **sampler_options)  # every option checked before any compilation
   row_keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(len(examples)))

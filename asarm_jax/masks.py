@@ -105,6 +105,66 @@ def left_to_right_ranks(batch: int, length: int) -> jax.Array:
   return jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
 
 
+ORDERS = ("left_to_right", "random", "spread")
+ORDER_HELP = ("left_to_right: the hidden positions left to right (the paper's order); random: a "
+              "uniformly random order (seeded); spread: far-apart positions first, then the gaps "
+              "between them (bit-reversed order of the hidden positions)")
+
+
+def check_order_name(order: str) -> None:
+  """Raises ValueError unless `order` is one of `ORDERS`."""
+  if order not in ORDERS:
+    raise ValueError(f"order must be one of {ORDERS}; got {order!r}")
+
+
+def _bit_reversed(values: jax.Array, bits: int) -> jax.Array:
+  """The lowest `bits` bits of int32 `values` in reverse order."""
+  reversed_values = jnp.zeros_like(values)
+  for bit in range(bits):
+    reversed_values = reversed_values | (((values >> bit) & 1) << (bits - 1 - bit))
+  return reversed_values
+
+
+def _within_hidden_keys(order: str, hidden: jax.Array, key: jax.Array | None) -> jax.Array:
+  """Sort keys [B, N] (compared only among a row's hidden positions) of the hidden block."""
+  if order == "random":
+    if key is None:
+      raise ValueError("order 'random' needs a PRNG key")
+    return jax.random.uniform(key, hidden.shape, jnp.float32)
+  positions = jnp.broadcast_to(jnp.arange(hidden.shape[-1], dtype=jnp.int32), hidden.shape)
+  if order == "spread":
+    index = jnp.cumsum(hidden, axis=-1, dtype=jnp.int32) - 1  # [B, N]: index among hidden
+    bits = max(1, (hidden.shape[-1] - 1).bit_length())
+    return _bit_reversed(jnp.maximum(index, 0), bits)
+  return positions
+
+
+def order_ranks(order: str, is_prompt: jax.Array, *, valid: jax.Array | None = None,
+                key: jax.Array | None = None) -> jax.Array:
+  """Ranks of a named order (`ORDERS`): prompt first (left to right), then the hidden positions in
+  `order`, then the invalid (padding) positions left to right.
+
+  Args:
+    order: one of `ORDERS` (see `ORDER_HELP`).
+    is_prompt: bool [B, N].
+    valid: optional bool [B, N]; False marks padding (never in the prompt). Default: all valid.
+    key: PRNG key, needed for 'random'.
+
+  Returns:
+    int32 [B, N], a permutation per row; the prompt occupies ranks 0..sum(is_prompt)-1.
+  """
+  check_order_name(order)
+  valid = jnp.ones_like(is_prompt) if valid is None else valid
+  hidden = valid & ~is_prompt
+  block = jnp.where(is_prompt & valid, 0, jnp.where(hidden, 1, 2))  # [B, N]: prompt, hidden, pad
+  positions = jnp.broadcast_to(jnp.arange(is_prompt.shape[-1]), is_prompt.shape)
+  within = jnp.where(hidden, _within_hidden_keys(order, hidden, key), 0)
+  # Sorted by block, then the hidden keys, then position (a full-precision sort: no ties of keys
+  # squeezed into one float).
+  by_rank = jnp.lexsort((positions, within, block), axis=-1)
+  return jnp.argsort(by_rank, axis=-1).astype(jnp.int32)
+
+
 def infill_ranks(is_prompt: jax.Array) -> jax.Array:
   """The paper's infill order: prompt positions first, then the rest, each left to right.
 
@@ -114,9 +174,7 @@ def infill_ranks(is_prompt: jax.Array) -> jax.Array:
   Returns:
     int32 [B, N]; the prompt occupies ranks 0..sum(is_prompt)-1.
   """
-  length = is_prompt.shape[-1]
-  positions = jnp.arange(length, dtype=jnp.int32)
-  return ranks_from_sort_keys(jnp.where(is_prompt, positions, positions + length))
+  return order_ranks("left_to_right", is_prompt)
 
 
 def random_ranks(key: jax.Array, is_prompt: jax.Array) -> jax.Array:
@@ -129,10 +187,7 @@ def random_ranks(key: jax.Array, is_prompt: jax.Array) -> jax.Array:
   Returns:
     int32 [B, N].
   """
-  length = is_prompt.shape[-1]
-  positions = jnp.arange(length, dtype=jnp.float32)
-  noise = jax.random.uniform(key, is_prompt.shape, jnp.float32)
-  return ranks_from_sort_keys(jnp.where(is_prompt, positions, length + noise))
+  return order_ranks("random", is_prompt, key=key)
 
 
 def num_prompt_of(is_prompt: jax.Array) -> jax.Array:

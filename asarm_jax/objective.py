@@ -27,7 +27,8 @@ from asarm_jax import config_util
 from asarm_jax import masks as masks_lib
 from asarm_jax.model import ASARM, ModelConfig
 
-HIDDEN_ORDERS = ("left_to_right", "random")
+MIXTURE = "mixture"
+HIDDEN_ORDERS = masks_lib.ORDERS + (MIXTURE,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +42,11 @@ class MaskingConfig:
     warmup_steps: length of the masking-rate warm-up in optimizer steps.
     stratified: True draws example s of B uniformly from bin s of the range (the paper's recipe);
       False draws every example's rate uniformly from the whole range.
-    hidden_order: 'left_to_right' (the paper's order) or 'random' (uniform over the hidden positions).
+    hidden_order: one of `masks.ORDERS` ('left_to_right' is the paper's order; see
+      `masks.ORDER_HELP`), or 'mixture': each example left to right with probability
+      `mixture_left_to_right`, else in `mixture_other`.
+    mixture_left_to_right: the mixture's probability of the left-to-right order.
+    mixture_other: the mixture's other order, one of `masks.ORDERS` but 'left_to_right'.
   """
   min_rate: float = 0.05
   max_rate: float = 0.95
@@ -49,6 +54,8 @@ class MaskingConfig:
   warmup_steps: int = 0
   stratified: bool = True
   hidden_order: str = "left_to_right"
+  mixture_left_to_right: float = 0.5
+  mixture_other: str = "random"
 
   def __post_init__(self):
     if not 0.0 <= self.min_rate <= self.max_rate <= 1.0:
@@ -60,6 +67,12 @@ class MaskingConfig:
       raise ValueError(f"warmup_steps must be >= 0; got {self.warmup_steps}")
     if self.hidden_order not in HIDDEN_ORDERS:
       raise ValueError(f"hidden_order must be one of {HIDDEN_ORDERS}; got {self.hidden_order!r}")
+    if not 0.0 <= self.mixture_left_to_right <= 1.0:
+      raise ValueError("mixture_left_to_right must be a probability in [0, 1]; got "
+                       f"{self.mixture_left_to_right}")
+    others = tuple(o for o in masks_lib.ORDERS if o != "left_to_right")
+    if self.mixture_other not in others:
+      raise ValueError(f"mixture_other must be one of {others}; got {self.mixture_other!r}")
 
   @classmethod
   def from_dict(cls, values: dict[str, Any]) -> "MaskingConfig":
@@ -126,41 +139,47 @@ def choose_hidden(rng: jax.Array, valid: jax.Array, num_hidden: jax.Array) -> ja
 
 
 def training_order(valid: jax.Array, hidden: jax.Array, *, hidden_order: str = "left_to_right",
-                   rng: jax.Array | None = None) -> Order:
+                   rng: jax.Array | None = None, mixture_left_to_right: float = 0.5,
+                   mixture_other: str = "random") -> Order:
   """The order of the joint objective: visible (left to right), hidden, then padding.
 
   Args:
     valid: bool [B, N], False on padding.
     hidden: bool [B, N], a subset of `valid`.
-    hidden_order: 'left_to_right' or 'random' (the hidden block in a uniformly random order).
-    rng: PRNG key, needed for hidden_order='random'.
+    hidden_order: one of `HIDDEN_ORDERS` (see `MaskingConfig`).
+    rng: PRNG key, needed for the 'random' and 'mixture' orders.
+    mixture_left_to_right, mixture_other: the mixture (see `MaskingConfig`).
 
   Returns:
     The Order; padding takes the last ranks, so no valid position ever attends to it.
   """
   if hidden_order not in HIDDEN_ORDERS:
     raise ValueError(f"hidden_order must be one of {HIDDEN_ORDERS}; got {hidden_order!r}")
+  if hidden_order in ("random", MIXTURE) and rng is None:
+    raise ValueError(f"hidden_order={hidden_order!r} needs an rng")
   hidden = hidden & valid
-  length = valid.shape[-1]
-  positions = jnp.arange(length, dtype=jnp.float32)
-  if hidden_order == "random":
-    if rng is None:
-      raise ValueError("hidden_order='random' needs an rng")
-    within_hidden = jax.random.uniform(rng, valid.shape, jnp.float32) * length
+  visible = valid & ~hidden
+  if hidden_order == MIXTURE:
+    choice_rng, order_rng = jax.random.split(rng)
+    left_to_right = jax.random.bernoulli(choice_rng, mixture_left_to_right, valid.shape[:1])
+    ranks = jnp.where(left_to_right[:, None],
+                      masks_lib.order_ranks("left_to_right", visible, valid=valid),
+                      masks_lib.order_ranks(mixture_other, visible, valid=valid, key=order_rng))
   else:
-    within_hidden = jnp.broadcast_to(positions, valid.shape)
-  keys = jnp.where(hidden, length + within_hidden, positions)  # visible: [0, N), hidden: [N, 2N)
-  keys = jnp.where(valid, keys, 3 * length + positions)  # padding: [3N, 4N)
-  num_prompt = jnp.sum(valid & ~hidden, axis=-1, dtype=jnp.int32)
-  return Order(ranks=masks_lib.ranks_from_sort_keys(keys), num_prompt=num_prompt, hidden=hidden)
+    ranks = masks_lib.order_ranks(hidden_order, visible, valid=valid, key=rng)
+  num_prompt = jnp.sum(visible, axis=-1, dtype=jnp.int32)
+  return Order(ranks=ranks, num_prompt=num_prompt, hidden=hidden)
 
 
 def make_order(rng: jax.Array, valid: jax.Array, rates: jax.Array,
-               hidden_order: str = "left_to_right") -> Order:
-  """Hides `num_hidden_for(valid, rates)` random valid positions per row and orders the batch."""
+               masking: MaskingConfig = MaskingConfig()) -> Order:
+  """Hides `num_hidden_for(valid, rates)` random valid positions per row and orders the batch in
+  `masking`'s hidden order."""
   hide_rng, order_rng = jax.random.split(rng)
   hidden = choose_hidden(hide_rng, valid, num_hidden_for(valid, rates))
-  return training_order(valid, hidden, hidden_order=hidden_order, rng=order_rng)
+  return training_order(valid, hidden, hidden_order=masking.hidden_order, rng=order_rng,
+                        mixture_left_to_right=masking.mixture_left_to_right,
+                        mixture_other=masking.mixture_other)
 
 
 def hidden_cross_entropy(logits: jax.Array, targets: jax.Array, hidden: jax.Array) -> LossMetrics:
@@ -191,7 +210,7 @@ def draw_order(rng: jax.Array, valid: jax.Array, masking: MaskingConfig,
   if rates is None:
     low, high = rate_range(masking, step)
     rates = sample_rates(rate_rng, valid.shape[0], low, high, stratified=masking.stratified)
-  return make_order(order_rng, valid, rates, masking.hidden_order)
+  return make_order(order_rng, valid, rates, masking)
 
 
 def order_loss(params: Any, tokens: jax.Array, order: Order, *, model_cfg: ModelConfig,

@@ -47,6 +47,16 @@ keeps a draft when u < q/p + r_atol, and `draft_only_temperature` computes the v
 temperature 1 while the drafts use `temperature`. Neither draws from the law above; both exist to
 reproduce the paper code's ablations.
 
+Adaptive order (`adaptive_order=True`, method "assd" with model drafts; off by default): NOT the
+law of a fixed order. Each round's draft forward computes the query rows of every undecided
+position (each sees exactly the decided positions); the undecided positions are then re-ranked by
+the entropy of the model's law there (temperature 1, banned ids removed), lowest first, ties left to
+right, and the round drafts and verifies the first k of that order as usual. Given the order chosen,
+the round is exact (its drafts and verification are those of a fixed order), but the order depends
+on the decided tokens, so the output law is that of "decode the most certain position next", not
+of any fixed order; with k == 1 it is exactly that sequential process. `SampleOutput.ranks` holds
+the order the tokens were decided in. A draft forward computes N query rows instead of K.
+
 Adaptive draft length (`adaptive=True`, ASSD and fused): `draft_len` is the static maximum K and
 each row chooses its k in [1, K] every round from a discounted count of its past acceptance tests
 (`speculation.choose_draft_len`). Shapes stay static; slots past k are computed and ignored. k
@@ -160,6 +170,8 @@ class SampleOutput:
   rounds: jax.Array    # int32 [B]: loop iterations the row was active (== nfe for sequential)
   accepted: jax.Array  # int32 [B]: drafts kept, outright ones included (0 for sequential)
   drafted: jax.Array   # int32 [B]: draft slots the rounds used, sum of m (0 for sequential)
+  ranks: jax.Array     # int32 [B, N]: the order the tokens were decided in (the input order
+  #                      unless `adaptive_order`)
 
   @property
   def idle_fraction(self) -> float:
@@ -173,8 +185,8 @@ class SampleOutput:
 class _LoopState:
   """The while_loop carry. Every field keeps its shape; K = draft_len (1 for sequential)."""
   tokens: jax.Array        # int32 [B, N]: decided tokens; mask id at undecided positions
-  ranks: jax.Array         # int32 [B, N]: the order (constant)
-  by_rank: jax.Array       # int32 [B, N]: position of each rank (constant)
+  ranks: jax.Array         # int32 [B, N]: the order (constant; adaptive_order re-ranks undecided)
+  by_rank: jax.Array       # int32 [B, N]: position of each rank (kept in step with `ranks`)
   num_prompt: jax.Array    # int32 [B] (constant)
   num_valid: jax.Array     # int32 [B]: ranks >= num_valid are padding, never generated (constant)
   num_decided: jax.Array   # int32 [B]: ranks < num_decided are decided
@@ -328,6 +340,38 @@ def _finish_round(state: _LoopState, tokens, verdict: speculation.Verdict, draft
       keys=key)
 
 
+def _by_entropy(state: _LoopState, logits: jax.Array, sampler: Sampler) -> _LoopState:
+  """`state` with its undecided valid positions re-ranked by the entropy of the model's law there
+  (temperature 1, banned ids removed; `logits` [B, N, V] are every position's draft rows), lowest
+  first, ties left to right. Decided and padding ranks keep their places."""
+  length = state.tokens.shape[1]
+  untempered = processors.SamplingConfig(temperature=1.0, banned_ids=sampler.sampling.banned_ids)
+  probs = processors.probabilities(logits, untempered)  # [B, N, V]
+  entropy = -jnp.sum(jnp.where(probs > 0, probs * jnp.log(probs), 0.0), axis=-1)  # [B, N]
+  n = state.num_decided[:, None]
+  undecided = (state.ranks >= n) & (state.ranks < state.num_valid[:, None])  # [B, N]
+  block = jnp.where(state.ranks < n, 0, jnp.where(undecided, 1, 2))  # decided, undecided, padding
+  within = jnp.where(undecided, entropy, state.ranks.astype(jnp.float32))
+  positions = jnp.broadcast_to(jnp.arange(length), state.ranks.shape)
+  by_rank = jnp.lexsort((positions, within, block), axis=-1).astype(jnp.int32)  # [B, N]
+  return state.replace(ranks=masks_lib.positions_by_rank(by_rank), by_rank=by_rank)
+
+
+def _draft_forward(params, state: _LoopState, target: jax.Array, *, sampler: Sampler,
+                   num_content: int) -> tuple[_LoopState, jax.Array]:
+  """The draft forward of an ASSD round at ranks `target` [B, K]: (the state with the cache
+  updated, and re-ranked with `adaptive_order`; the drafts' logits [B, K, V])."""
+  n = state.num_decided
+  if not sampler.adaptive_order:
+    logits, cache = _forward(params, sampler.cfg, state, state.tokens, n, target, num_content)
+    return state.replace(cache=cache, num_cached=n), logits
+  # Every position's draft row (query rank >= n sees exactly ranks < n; the decided positions'
+  # rows are computed and ignored), then the new order's first K.
+  logits, cache = _forward(params, sampler.cfg, state, state.tokens, n, state.ranks, num_content)
+  state = _by_entropy(state.replace(cache=cache, num_cached=n), logits, sampler)
+  return state, _pick(logits, _pick(state.by_rank, target))  # [B, K, V]
+
+
 def _assd_round(params, state: _LoopState, *, sampler: Sampler, num_content: int) -> _LoopState:
   """One ASSD round: draft forward, verify forward (skipped when m == 1), acceptance."""
   cfg, sampling, max_len = sampler.cfg, sampler.sampling, sampler.draft_len
@@ -337,12 +381,11 @@ def _assd_round(params, state: _LoopState, *, sampler: Sampler, num_content: int
   num_drafts = jnp.clip(state.num_valid - n, 0, state.draft_len)  # [B] (m)
   in_round = slots < num_drafts[:, None]  # [B, K]: slots past m are computed but ignored
   target = jnp.minimum(n[:, None] + slots, length - 1)  # [B, K] ranks
-  positions = _pick(state.by_rank, target)  # [B, K]
   keys = _split_rows(state.keys, 4)  # [B, 4]: next, draft, accept, resample
 
   # 1. Draft: x_j ~ p_j for every slot, in parallel. Caches the rank resampled last round.
-  logits, cache = _forward(params, cfg, state, state.tokens, n, target, num_content)
-  state = state.replace(cache=cache, num_cached=n)
+  state, logits = _draft_forward(params, state, target, sampler=sampler, num_content=num_content)
+  positions = _pick(state.by_rank, target)  # [B, K]
   p = processors.probabilities(logits, sampling)  # [B, K, V]
   drafts = _sample_rows(keys[:, 1], p)  # [B, K]
   drafted = _write(state.tokens, positions, drafts, in_round)  # [B, N]
@@ -350,7 +393,7 @@ def _assd_round(params, state: _LoopState, *, sampler: Sampler, num_content: int
   # 2. Verify: q_j given the decided tokens and x_0..x_{j-1}. Skipped when no row drafts 2+.
   verified = jnp.any(state.active & (num_drafts > 1)) if max_len > 1 else jnp.bool_(False)
   if max_len == 1:
-    q, u = p, jnp.zeros((batch, 1))  # x_0 is exact; there is nothing to verify
+    q, u, cache = p, jnp.zeros((batch, 1)), state.cache  # x_0 is exact; nothing to verify
   else:
     def verify():
       logits, cache = _forward(params, cfg, state, drafted, n + num_drafts, target, max_len)
@@ -553,7 +596,8 @@ def _traced_run(params, batch: Batch, sampler: Sampler) -> SampleOutput:
   state = _loop(params, state, functools.partial(step, num_content=num_content))
   padding = batch.ranks >= batch.num_valid[:, None]  # [B, N]
   return SampleOutput(tokens=jnp.where(padding, batch.tokens, state.tokens), nfe=state.nfe,
-                      rounds=state.rounds, accepted=state.accepted, drafted=state.drafted)
+                      rounds=state.rounds, accepted=state.accepted, drafted=state.drafted,
+                      ranks=state.ranks)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -632,6 +676,8 @@ class Sampler:
       of sequential decoding).
     draft_only_temperature: LOSSY: the temperature shapes the drafts only; the verify laws q are
       taken at temperature 1 (the paper code's "oracle without temperature").
+    adaptive_order: NOT a fixed order's law: every round re-ranks the undecided positions by the
+      model's entropy there, lowest first (module docstring; method "assd", model drafts).
   """
   cfg: ModelConfig
   method: str
@@ -644,6 +690,7 @@ class Sampler:
   drafter: str = "model"
   r_atol: float = 0.0
   draft_only_temperature: bool = False
+  adaptive_order: bool = False
 
   @property
   def lossy(self) -> bool:
@@ -660,13 +707,18 @@ class Sampler:
 
   @property
   def name(self) -> str:
-    """The sampler's label in results: the method, its drafter if not the model, and "lossy"."""
+    """The sampler's label in results: the method, its drafter if not the model, the adaptive
+    order, and "lossy"."""
     label = self.method if self.drafter == "model" else f"{self.method}_{self.drafter}"
+    label += "_adaptive_order" if self.adaptive_order else ""
     return f"{label} (lossy)" if self.lossy else label
 
   @property
   def query_rows(self) -> int:
-    """Query rows per batch row of a steady-state forward: 1, K (ASSD) or 2K (fused)."""
+    """Query rows per batch row of a steady-state forward: 1, K (ASSD) or 2K (fused); N for the
+    adaptive order's draft forwards."""
+    if self.adaptive_order:
+      return self.cfg.max_len
     return {"sequential": 1, "assd": self.draft_len, "assd_fused": 2 * self.draft_len}[self.method]
 
   @classmethod
@@ -675,7 +727,8 @@ class Sampler:
              top_p: float = 1.0, banned_ids: Sequence[int] = (), use_cache: bool = True,
              adaptive: bool = False, batch_shape: tuple[int, int] | None = None,
              rules: speculation.Rules = speculation.EXACT, drafter: str = "model",
-             r_atol: float = 0.0, draft_only_temperature: bool = False) -> Sampler:
+             r_atol: float = 0.0, draft_only_temperature: bool = False,
+             adaptive_order: bool = False) -> Sampler:
     """A validated Sampler.
 
     Args:
@@ -703,19 +756,28 @@ class Sampler:
         samples no longer follow the sequential law (speculative methods only).
       draft_only_temperature: LOSSY, default off: `temperature` applies to the drafts only and the
         verify laws use temperature 1 (model drafts only).
+      adaptive_order: default off. Every round decodes the undecided positions where the model is
+        most certain first (lowest entropy); the output law is NOT that of the given order or of
+        any fixed order (see the module docstring). Method "assd" (or "auto") with model drafts;
+        `ranks` then fixes only the prompt and the padding, and `SampleOutput.ranks` reports the
+        order used.
 
     Raises:
       ValueError: naming the bad option.
     """
     if drafter not in DRAFTERS:
       raise ValueError(f"drafter must be one of {DRAFTERS}; got {drafter!r}")
+    adaptive_order = _flag("adaptive_order", adaptive_order)
     if method == AUTO:
-      method = ("assd" if drafter == "ngram" else "assd_fused" if adaptive is True
+      method = ("assd" if drafter == "ngram" or adaptive_order else "assd_fused" if adaptive is True
                 else fastest_method(*(batch_shape or (1, cfg.max_len))))
     if method not in METHODS:
       raise ValueError(f"method must be one of {(*METHODS, AUTO)}; got {method!r}")
     if drafter == "ngram" and method != "assd":
       raise ValueError(f"drafter 'ngram' needs method 'assd' (or 'auto'); got {method!r}")
+    if adaptive_order and (method != "assd" or drafter != "model"):
+      raise ValueError("adaptive_order needs method 'assd' (or 'auto') with drafter 'model'; got "
+                       f"method {method!r}, drafter {drafter!r}")
     if (isinstance(r_atol, bool) or not isinstance(r_atol, (int, float, np.number))
         or not 0 <= r_atol < float("inf")):
       raise ValueError(f"r_atol must be a number >= 0 (0 = off; > 0 is lossy); got {r_atol!r}")
@@ -740,7 +802,8 @@ class Sampler:
     return cls(cfg=cfg, method=method, draft_len=int(draft_len) if speculative else 1,
                sampling=sampling, use_cache=use_cache,
                adaptive=adaptive and speculative and draft_len > 1, rules=rules, drafter=drafter,
-               r_atol=float(r_atol), draft_only_temperature=draft_only_temperature)
+               r_atol=float(r_atol), draft_only_temperature=draft_only_temperature,
+               adaptive_order=adaptive_order)
 
   def batch(self, tokens, ranks, num_prompt, rng, num_valid=None) -> Batch:
     """Validates a batch of problems on the host (see `__call__` for the arguments).

@@ -47,7 +47,8 @@ DRAFTER_SPECS = {  # label -> sampling.sample options (k is added)
 }
 
 
-def _sample_row(model, problem, options: dict[str, Any], seed: int) -> tuple[dict[str, Any], Any]:
+def time_sampler(model, problem, options: dict[str, Any], seed: int
+                 ) -> tuple[dict[str, Any], Any]:
   """Compiles, then times REPEATS runs (the median counts): (the figures, the SampleOutput)."""
   sampler = sampling.Sampler.create(model.cfg, batch_shape=problem.tokens.shape, **options)
   batch = sampler.batch(problem.tokens, problem.ranks, problem.num_prompt, jax.random.key(seed))
@@ -89,13 +90,13 @@ def text_rows(model, tokenizer, *, length: int, draft_len: int, seed: int
     where = {"hidden_fraction": fraction, "length": length, "batch": 1, "draft_len": draft_len}
     sequential_nfe = None
     for label, options in DRAFTER_SPECS.items():
-      figures, _ = _sample_row(model, problem, {**options, "draft_len": draft_len}, seed)
+      figures, _ = time_sampler(model, problem, {**options, "draft_len": draft_len}, seed)
       sequential_nfe = sequential_nfe or figures["nfe"]
       rows.append({"block": "drafters", "sampler": label, "exact": True, **where, **figures,
                    "nfe_vs_sequential": figures["nfe"] / sequential_nfe})
       print(json.dumps(rows[-1]), flush=True)
     for r_atol in R_ATOLS:
-      figures, out = _sample_row(model, problem,
+      figures, out = time_sampler(model, problem,
                                  dict(method="assd", draft_len=draft_len, r_atol=r_atol), seed)
       rows.append({"block": "r_atol_text", "sampler": "assd (model drafts)", "r_atol": r_atol,
                    "exact": r_atol == 0, "label": "exact" if r_atol == 0 else "lossy", **where,

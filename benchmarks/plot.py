@@ -16,7 +16,7 @@ from typing import Any
 _HF = "hf_torch"
 
 
-def _rows(results: dict[str, Any], order: str | None = "infill", **where) -> list[dict[str, Any]]:
+def _rows(results: dict[str, Any], order: str | None = "left_to_right", **where) -> list[dict[str, Any]]:
   """The model's rows matching `where`, in `order` (None: any order)."""
   return [r for r in results["results"] if all(r[k] == v for k, v in where.items())
           and order in (None, r["order"]) and r["model"] == results["model"]["label"]]
@@ -70,7 +70,7 @@ def plot(results: dict[str, Any], path: str | pathlib.Path) -> None:
                   key=lambda r: r["use_cache"]):
     if r["nfe_ratio_vs_sequential"] is not None:
       ratios[r["method"], (r["hidden_fraction"], r["order"])] = r["nfe_ratio_vs_sequential"]
-  groups = sorted({g for _, g in ratios}, key=lambda g: (g[1] != "infill", g))
+  groups = sorted({g for _, g in ratios}, key=lambda g: (g[1] != "left_to_right", g))
   methods = sorted({m for m, _ in ratios})
   width = 0.8 / max(len(groups), 1)
   for offset, (fraction, order) in enumerate(groups):

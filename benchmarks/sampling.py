@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
@@ -100,7 +100,7 @@ class Block:
   methods: tuple[str, ...] | None    # names in METHOD_SPECS; None = all, () = none (HF only)
   use_cache: tuple[bool, ...]
   hf: bool = False                   # also time the HF-torch sequential peer on these settings
-  order: str = "infill"              # of the hidden positions: one of infilling.ORDERS
+  order: str = "left_to_right"       # of the hidden positions: one of masks.ORDERS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,10 +240,10 @@ class Problem:
 
 
 def make_problem(chunks: np.ndarray, hidden_fraction: float, batch: int, seed: int,
-                 order: str = "infill") -> Problem:
+                 order: str = "left_to_right") -> Problem:
   """Row b hides a random subset (seeded by (seed, N, fraction, b)) of chunk b, posed by the
   library's infill pipeline (`infilling.pose_batch`): the hidden positions are generated left to
-  right (`order="infill"`) or in a random order seeded by `seed` (`order="random"`); the hidden
+  right (`order="left_to_right"`) or in a random order seeded by `seed` (`order="random"`); the hidden
   subsets are the same for both orders.
   """
   length = chunks.shape[1]
@@ -393,7 +393,7 @@ def _fewest_nfe(rows, where: dict[str, Any]) -> dict[str, Any]:
                key=lambda r: r["nfe_ratio_vs_sequential"], default=None)
   return _target(
       "NFE of the exact method with the fewest NFE / NFE of sequential decoding"
-      + ("" if where["order"] == "infill" else " (hidden positions in a random order)"),
+      + ("" if where["order"] == "left_to_right" else " (hidden positions in a random order)"),
       fewest and fewest["nfe_ratio_vs_sequential"], 0.5, False, where,
       fewest and {"method": fewest["method"], "use_cache": fewest["use_cache"],
                   "nfe": fewest["nfe_mean"]},
@@ -424,7 +424,7 @@ def evaluate_targets(rows: list[dict[str, Any]], plan: Plan, model_label: str
   """The issue's four targets, each a ratio of numbers measured in this run, at the paper's
   protocol (N = headline, 90% hidden, infill order)."""
   head = dict(model=model_label, seq_len=plan.headline_seq_len, hidden_fraction=0.9, batch=1,
-              order="infill")
+              order="left_to_right")
   ours = _find(rows, implementation=OURS, exact=True, **head)
   targets = {}
 
@@ -495,7 +495,7 @@ def supplementary_figures(rows: list[dict[str, Any]], plan: Plan, model_label: s
   if n is not None:
     large = max(b for block in plan.blocks for b in block.batches if n in block.seq_lens)
     figures[f"batch{large}_vs_batch1_tokens_per_s_N{n}"] = _batch_scaling(
-        rows, dict(model=model_label, seq_len=n, hidden_fraction=0.9, order="infill"), large)
+        rows, dict(model=model_label, seq_len=n, hidden_fraction=0.9, order="left_to_right"), large)
   return figures
 
 
@@ -571,9 +571,9 @@ def markdown(results: dict[str, Any], *, full: bool) -> str:
               *_figure_rows(results["supplementary"])]
   header = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
   headline = [r for r in rows if r["seq_len"] == head and r["hidden_fraction"] == 0.9
-              and r["batch"] == 1 and r["order"] == "infill"
+              and r["batch"] == 1 and r["order"] == "left_to_right"
               and r["model"] == results["model"]["label"]]
-  lines += ["", f"N = {head}, 90% hidden, infill order, batch 1. {_MS_NOTE}", "", *header,
+  lines += ["", f"N = {head}, 90% hidden, left-to-right order, batch 1. {_MS_NOTE}", "", *header,
             *(_table_row(r) for r in sorted(headline, key=_sort_key))]
   if full:
     lines += ["", "All configurations:", "", *header,
@@ -734,7 +734,7 @@ def run_benchmark(*, workdir: str | None = None, random_model: bool = False, qui
                 prompts="row b of every batch is chunk b of consecutive N-token chunks of the "
                         "eos-joined validation documents; it hides a random subset of "
                         "int(N * hidden_fraction) positions (seeded per row), generated in the "
-                        "row's order: 'infill' (prompt, then hidden positions left to right) or "
+                        "row's order: 'left_to_right' (prompt, then hidden positions left to right) or "
                         "'random' (prompt, then the hidden positions shuffled per row)"),
       sampling=dict(**sampling_options, seed=seed),
       plan=dict(**{k: v for k, v in dataclasses.asdict(plan).items() if k != "blocks"},

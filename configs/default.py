@@ -64,7 +64,9 @@ def get_config() -> ml_collections.ConfigDict:
       start_rate=config_dict.placeholder(float),  # None: no masking-rate warm-up
       warmup_steps=0,
       stratified=True,
-      hidden_order="left_to_right",  # or 'random'
+      hidden_order="left_to_right",  # or 'random', 'spread', 'mixture' (masks.ORDERS)
+      mixture_left_to_right=0.5,  # 'mixture': P(left to right), else mixture_other
+      mixture_other="random",
   ))
 
   config.optimizer = ml_collections.ConfigDict(dict(

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from asarm_jax import processors, sampling, speculation
+from asarm_jax import masks, processors, sampling, speculation
 from asarm_jax.model import ASARM, ModelConfig, init_params
 
 VOCAB = 4      # token ids 0, 1, 2 are samplable
@@ -86,12 +86,21 @@ class Case:
     return [i for i, r in enumerate(self.ranks) if r >= self.num_prompt]
 
 
-# Prompts of 0 to 3 tokens, in varied positions and orders (N = 6, so 3^3 .. 3^6 completions).
+def named_order(order: str, prompt_positions: tuple[int, ...]) -> tuple[int, ...]:
+  """The ranks of the library's named order `order` (`masks.ORDERS`) with the prompt at
+  `prompt_positions`, as a Case's ranks."""
+  is_prompt = np.isin(np.arange(LENGTH), prompt_positions)[None]
+  ranks = masks.order_ranks(order, jnp.asarray(is_prompt), key=jax.random.key(0))
+  return tuple(int(r) for r in np.asarray(ranks)[0])
+
+
+# Prompts of 0 to 3 tokens, in varied positions and orders (N = 6, so 3^3 .. 3^6 completions); the
+# named orders of masks.ORDERS are each among them.
 CASES = (
-    Case("empty_prompt_random_order", (0, 0, 0, 0, 0, 0), (3, 0, 5, 1, 4, 2), 0),
-    Case("one_token_middle", (0, 0, 2, 0, 0, 0), (4, 2, 0, 5, 1, 3), 1),
+    Case("empty_prompt_random_order", (0, 0, 0, 0, 0, 0), named_order("random", ()), 0),
+    Case("one_token_middle_spread_order", (0, 0, 2, 0, 0, 0), named_order("spread", (2,)), 1),
     Case("two_tokens_scattered", (1, 0, 0, 0, 2, 0), (1, 5, 2, 4, 0, 3), 2),
-    Case("infill_three_tokens", (2, 1, 0, 0, 0, 1), (0, 1, 3, 4, 5, 2), 3),
+    Case("infill_three_tokens", (2, 1, 0, 0, 0, 1), named_order("left_to_right", (0, 1, 5)), 3),
 )
 
 

@@ -234,7 +234,7 @@ LIBRARY_ROWS = [
     Row("infill/too_many_hidden", lambda e: _infill(e, "[MASK*17]"), ValueError,
         r"0 visible \+ 17 hidden tokens = 17 exceeds the model's max_len 16"),
     Row("infill/order", lambda e: _infill(e, "x = [MASK]", order="backwards"), ValueError,
-        r"order must be one of \('infill', 'random'\); got 'backwards'"),
+        r"order must be one of \('left_to_right', 'random', 'spread'\); got 'backwards'"),
     Row("infill/length_bucket", lambda e: _infill(e, "x = [MASK]", length_bucket=0), ValueError,
         r"length_bucket must be an integer >= 1"),
     Row("infill/num_samples", lambda e: infilling.infill_many(
@@ -463,6 +463,10 @@ CLI_ROWS = [
            _evals("--workdir", "{d}", "--task", "heldout_loss", "--method", "sequential,beam"),
            r"^error: flag --method=.*: unknown method\(s\) \['beam'\]; choose from assd, "
            r"assd_fused, sequential, auto, oracle \(comma-separated\)$"),
+    CliRow("evals/bad_orders",
+           _evals("--workdir", "{d}", "--task", "heldout_loss", "--orders", "random,backwards"),
+           r"^error: flag --orders=.*: unknown order\(s\) \['backwards'\]; choose from "
+           r"left_to_right, random, spread \(comma-separated\)$"),
     CliRow("evals/rates_out_of_range",
            _evals("--workdir", "{d}", "--task", "heldout_loss", "--rates", "0.5,2"),
            r"^error: flag --rates=.*: must lie in \[0, 1\]$"),

@@ -41,7 +41,7 @@ def _problem(seed, batch, num_prompt, order):
   is_prompt = np.zeros((batch, LENGTH), bool)
   for row in range(batch):
     is_prompt[row, rng.permutation(LENGTH)[:num_prompt]] = True
-  if order == "infill":
+  if order == "left_to_right":
     ranks = masks.infill_ranks(jnp.asarray(is_prompt))
   else:
     ranks = masks.random_ranks(jax.random.key(seed), jnp.asarray(is_prompt))
@@ -49,7 +49,7 @@ def _problem(seed, batch, num_prompt, order):
 
 
 @pytest.mark.parametrize("seed,num_prompt,order",
-                         [(0, 1, "infill"), (1, 4, "infill"), (2, 3, "random"),
+                         [(0, 1, "left_to_right"), (1, 4, "left_to_right"), (2, 3, "random"),
                           (3, LENGTH - 2, "random")])
 def test_hf_greedy_matches_ours(model, seed, num_prompt, order):
   """Token for token, for 3 rows with different prompt sets (one compilation for every case)."""
@@ -92,7 +92,7 @@ def test_hf_processing_matches_processors(temperature, top_k, top_p):
 
 def test_hf_sampling_runs_and_keeps_the_prompt(model):
   _, hf_model = model
-  tokens, ranks = _problem(5, 2, 3, "infill")
+  tokens, ranks = _problem(5, 2, 3, "left_to_right")
   out = hf_baseline.hf_sequential(hf_model, tokens, ranks, 3, mask_token_id=MASK_ID,
                                   temperature=1.0, top_k=10, seed=3)
   prompt = ranks < 3
@@ -147,7 +147,7 @@ def test_quick_benchmark_covers_every_configuration(quick_results):
   configs = bench._configs(bench.QUICK_PLAN)  # pylint: disable=protected-access
   planned = {(n, f, b, spec.name if spec else bench.HF, cache, order)
              for n, f, b, spec, cache, order in configs}
-  assert {order for *_, order in planned} == {"infill", "random"}
+  assert {order for *_, order in planned} == {"left_to_right", "random"}
   assert planned == done
   assert all(s["reason"] for s in results["skipped"])
 
@@ -204,7 +204,7 @@ def test_quick_benchmark_targets_are_ratios_of_measured_values(quick_results):
       lower_is_better = target["target"].startswith("<=")
       assert target["met"] == (value <= goal if lower_is_better else value >= goal)
   head = [r for r in rows if r["seq_len"] == 32 and r["hidden_fraction"] == 0.9 and r["batch"] == 1
-          and r["order"] == "infill"]
+          and r["order"] == "left_to_right"]
   ours = [r for r in head if r["implementation"] == "asarm_jax"]
   peer = [r for r in head if r["implementation"] == "hf_torch"]
   assert targets["best_exact_vs_hf"]["measured"] == pytest.approx(
@@ -237,7 +237,7 @@ def test_make_problem_orders_share_the_hidden_subset(fraction):
   generates the hidden positions left to right, the random order does not."""
   from benchmarks import sampling as bench
   chunks = np.arange(3 * 64, dtype=np.int32).reshape(3, 64)
-  infill = bench.make_problem(chunks, fraction, 3, seed=0, order="infill")
+  infill = bench.make_problem(chunks, fraction, 3, seed=0, order="left_to_right")
   shuffled = bench.make_problem(chunks, fraction, 3, seed=0, order="random")
   assert infill.num_prompt == shuffled.num_prompt == 64 - int(64 * fraction)
   for ranks in (infill.ranks, shuffled.ranks):
@@ -370,7 +370,10 @@ def test_real_size_floor_follows_the_formula():
     ("device", ["--workdir=no/such/run"], "holds no checkpoint"),
     ("drafters", [], "name a model"),
     ("drafters", ["--quick", "--draft_len=0"], "draft_len"),
-    ("drafters", ["--workdir=no/such/run"], "no/such/run")])
+    ("drafters", ["--workdir=no/such/run"], "no/such/run"),
+    ("orders", [], "name the runs"),
+    ("orders", ["--run=runs/default"], "expected LABEL=DIR"),
+    ("orders", ["--run=lr=no/such/run"], "not a training run directory")])
 def test_benchmark_user_mistakes_are_one_line(module, flags, message):
   """A user mistake: one line `error: ...`, exit status 2, before anything is measured."""
   root = pathlib.Path(__file__).resolve().parent.parent
@@ -380,3 +383,18 @@ def test_benchmark_user_mistakes_are_one_line(module, flags, message):
   assert done.returncode == 2, done.stderr
   lines = done.stderr.splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
+
+
+def test_orders_benchmark_chooses_the_fastest_order_within_the_nll_tolerance():
+  from benchmarks import orders  # pylint: disable=import-outside-toplevel
+  quality = [{"decoding_order": o, "rate": 0.9, "nll": v}
+             for o, v in (("left_to_right", 3.00), ("random", 3.10), ("spread", 3.05))]
+  quality += [{"decoding_order": "random", "rate": 0.5, "nll": 1.0}]  # another rate: ignored
+  speed = [{"decoding_order": o, "method": "assd_fused", "tokens_per_s": t,
+            "speedup_vs_sequential": t / 100}
+           for o, t in (("left_to_right", 120), ("random", 400), ("spread", 300))]
+  choice = orders.choose_order(quality, speed)
+  # random is fastest but 3.3% worse than the best; spread (1.7% worse) is the fastest acceptable.
+  assert choice["order"] == "spread" and choice["acceptable"] == ["left_to_right", "spread"]
+  assert choice["nll_vs_best"] == pytest.approx(3.05 / 3.00)
+  assert choice["speedup_vs_sequential"] == pytest.approx(3.0)

@@ -12,6 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from asarm_jax import checkpoint
+from asarm_jax import masks
 from asarm_jax import metrics as metrics_lib
 from asarm_jax import sampling
 from asarm_jax import train_lib
@@ -139,8 +140,13 @@ def test_heldout_loss_numbers(model, run_dir):
   results = heldout_loss.evaluate(params, cfg, tokenizer, rates=rates, num_samples=4, **kwargs)
   batches = heldout_loss.load_batches(tokenizer, **kwargs)
   valid = np.concatenate([b["valid"].sum(axis=1) for b in batches]).astype(np.float32)
-  for rate, loss in zip(rates, results["losses"]):
-    assert loss["rate"] == rate
+  # Every decoding order scores the same hidden sets; its NLL is its own.
+  orders = [(o, r) for o in masks.ORDERS for r in rates]
+  assert [(loss["order"], loss["rate"]) for loss in results["losses"]] == orders
+  by_order = {o: [row["loss_nats"] for row in results["losses"] if row["order"] == o]
+              for o in masks.ORDERS}
+  assert by_order["left_to_right"] != by_order["random"] != by_order["spread"]
+  for (_, rate), loss in zip(orders, results["losses"]):
     expected = np.minimum(np.maximum(np.floor(valid * np.float32(rate)), 1), valid)
     assert loss["hidden_tokens"] == int(expected.sum())
     assert loss["valid_tokens"] == int(valid.sum())
@@ -265,7 +271,7 @@ def test_cli_heldout_loss_defaults_score_what_training_scored(tmp_path, run_dir)
   trained = [r for r in metrics_lib.read_metrics(run_dir) if "eval/loss@0.5" in r][-1]
   out = tmp_path / "heldout.json"
   done = _evals_cli("--workdir", run_dir, "--task", "heldout_loss", "--rates", "0.5",
-                    "--num_samples", "0", "--out", str(out))
+                    "--orders", "left_to_right", "--num_samples", "0", "--out", str(out))
   assert done.returncode == 0, done.stderr[-3000:]
   results = json.loads(out.read_text())
   assert (results["settings"]["num_batches"], results["settings"]["batch_size"]) == (1, 8)

@@ -1,8 +1,11 @@
 """Mask and order semantics: hand-checked cases, random properties, jit/vmap, bad input."""
+import collections
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats
 
 from asarm_jax import masks
 
@@ -95,6 +98,45 @@ def test_order_constructors():
   order = masks.positions_by_rank(ranks)
   np.testing.assert_array_equal(jnp.take_along_axis(ranks, order, axis=1),
                                 jnp.tile(jnp.arange(5), (64, 1)))
+
+
+@pytest.mark.parametrize("order", masks.ORDERS)
+def test_named_orders_put_prompt_first_hidden_next_padding_last(order):
+  rs = np.random.RandomState(0)
+  is_prompt = jnp.asarray(rs.rand(16, 12) < 0.3)
+  valid = jnp.asarray(np.arange(12)[None] < rs.randint(1, 13, size=(16, 1)))
+  is_prompt = is_prompt & valid
+  ranks = np.asarray(masks.order_ranks(order, is_prompt, valid=valid, key=jax.random.key(1)))
+  for row in range(16):
+    prompt = np.flatnonzero(is_prompt[row])
+    hidden = np.flatnonzero(valid[row] & ~is_prompt[row])
+    padding = np.flatnonzero(~valid[row])
+    np.testing.assert_array_equal(ranks[row, prompt], np.arange(len(prompt)))
+    assert sorted(ranks[row, hidden]) == list(range(len(prompt), len(prompt) + len(hidden)))
+    np.testing.assert_array_equal(ranks[row, padding], np.arange(12 - len(padding), 12))
+
+
+def test_spread_order_takes_far_apart_positions_first_then_the_gaps():
+  ranks = masks.order_ranks("spread", jnp.zeros((1, 8), bool))
+  np.testing.assert_array_equal(masks.positions_by_rank(ranks)[0], [0, 4, 2, 6, 1, 5, 3, 7])
+  # Among the hidden positions only (the prompt and padding do not count), with the prompt first.
+  is_prompt = jnp.array([[False, True, False, False, True, False, False, False]])
+  valid = jnp.arange(8)[None] < 7
+  by_rank = masks.positions_by_rank(masks.order_ranks("spread", is_prompt, valid=valid))[0]
+  np.testing.assert_array_equal(by_rank, [1, 4, 0, 6, 3, 2, 5, 7])
+
+
+def test_random_order_is_uniform_over_the_hidden_positions():
+  ranks = masks.order_ranks("random", jnp.zeros((1200, 3), bool), key=jax.random.key(2))
+  counts = collections.Counter(tuple(row) for row in np.asarray(ranks))
+  assert len(counts) == 6
+  _, p_value = stats.chisquare(list(counts.values()))
+  assert p_value > 1e-3
+  with pytest.raises(ValueError, match="needs a PRNG key"):
+    masks.order_ranks("random", jnp.zeros((1, 3), bool))
+  with pytest.raises(ValueError, match=r"order must be one of \('left_to_right', 'random', "
+                     r"'spread'\); got 'backwards'"):
+    masks.order_ranks("backwards", jnp.zeros((1, 3), bool))
 
 
 def test_masks_jit_and_vmap():

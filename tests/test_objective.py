@@ -45,7 +45,9 @@ def test_rate_range_warms_up_linearly():
 
 @pytest.mark.parametrize("kwargs", [dict(min_rate=0.5, max_rate=0.4), dict(max_rate=1.5),
                                     dict(start_rate=-0.1, warmup_steps=3),
-                                    dict(hidden_order="right_to_left")])
+                                    dict(hidden_order="right_to_left"),
+                                    dict(hidden_order="mixture", mixture_left_to_right=1.5),
+                                    dict(hidden_order="mixture", mixture_other="left_to_right")])
 def test_masking_config_rejects_bad_values(kwargs):
   with pytest.raises(ValueError):
     objective.MaskingConfig(**kwargs)
@@ -103,6 +105,23 @@ def test_random_hidden_order_permutes_only_the_hidden_block():
     np.testing.assert_array_equal(ranks[14:], [14, 15])
     seen.add(tuple(ranks[np.asarray(hidden[0])]))
   assert len(seen) > 5
+
+
+@pytest.mark.parametrize("left_to_right", [0.0, 0.3, 1.0])
+def test_mixture_orders_each_row_left_to_right_with_its_probability(left_to_right):
+  rows = 400
+  valid = _valid([14] * rows, 16)
+  hidden = jnp.zeros((rows, 16), bool).at[:, jnp.array([1, 4, 5, 8, 9, 13])].set(True)
+  order = objective.training_order(valid, hidden, hidden_order="mixture", rng=jax.random.key(0),
+                                   mixture_left_to_right=left_to_right, mixture_other="spread")
+  masks.validate_order(order.ranks, order.num_prompt)
+  plain = {name: np.asarray(objective.training_order(valid, hidden, hidden_order=name).ranks[0])
+           for name in ("left_to_right", "spread")}
+  ranks = np.asarray(order.ranks)
+  is_plain = {name: (ranks == expected).all(axis=1) for name, expected in plain.items()}
+  assert (is_plain["left_to_right"] | is_plain["spread"]).all()
+  share = is_plain["left_to_right"].mean()
+  assert abs(share - left_to_right) <= 4 * np.sqrt(left_to_right * (1 - left_to_right) / rows)
 
 
 def test_loss_counts_only_hidden_positions():

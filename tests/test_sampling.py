@@ -1,13 +1,11 @@
 """Sampler behaviour: NFE accounting, the ASSD lemmas, greedy decoding, batch independence, padding,
 and argument validation. Exactness of the laws is in test_sampling_exact.py."""
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asarm_jax import masks, processors, sampling
+from asarm_jax import processors, sampling
 from asarm_jax.model import ASARM
 import _sampling_testlib as lib
 

@@ -19,7 +19,7 @@ import time
 from absl import flags
 
 from asarm_jax import checkpoint
-from asarm_jax import objective
+from asarm_jax import masks
 from asarm_jax import sampling
 from asarm_jax.cli import common
 from asarm_jax.evals import TASKS
@@ -51,6 +51,12 @@ _OUT = flags.DEFINE_string("out", None, "JSON results file (default <workdir>/ev
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default latest).")
 _TIMEOUT = flags.DEFINE_float("timeout", 10.0, "humaneval_infill: seconds per program.")
 _WORKERS = flags.DEFINE_integer("workers", 2, "humaneval_infill: programs run at once.")
+_ORDER = flags.DEFINE_enum(
+    "order", "left_to_right", list(masks.ORDERS),
+    f"humaneval_infill, story_infill: order of the hidden positions ({masks.ORDER_HELP}).")
+_ORDERS = flags.DEFINE_list(
+    "orders", list(masks.ORDERS), "heldout_loss: comma-separated decoding orders to score the "
+    f"hidden tokens in, of {', '.join(masks.ORDERS)}.")
 _RATES = flags.DEFINE_list("rates", [str(r) for r in heldout_loss.DEFAULT_RATES],
                            "heldout_loss: comma-separated fixed masking rates in [0, 1].")
 _NUM_BATCHES = flags.DEFINE_integer(
@@ -75,8 +81,17 @@ def _check_methods(methods: list[str]) -> bool:
   return True
 
 
+def _check_orders(orders: list[str]) -> bool:
+  unknown = [o for o in orders if o not in masks.ORDERS]
+  if unknown or not orders:
+    raise flags.ValidationError(f"unknown order(s) {unknown}; choose from "
+                                f"{', '.join(masks.ORDERS)} (comma-separated)")
+  return True
+
+
 # Checked while parsing the flags, before any model is loaded; the error names the flag.
 flags.register_validator("method", _check_methods)
+flags.register_validator("orders", _check_orders)
 common.register_fractions_validator("rates", closed=True)
 flags.register_validator("temperature", lambda t: t >= 0, "must be >= 0 (0 is greedy)")
 flags.register_validator("top_p", lambda p: 0 < p <= 1, "must be in (0, 1] (1 = off)")
@@ -110,10 +125,10 @@ def main():
   start = time.perf_counter()
   cfg, params, tokenizer = checkpoint.load_for_inference(workdir, _STEP.value)
   config = checkpoint.read_run(workdir).get("config", {})
-  seq_len = int(config.get("seq_len", cfg.max_len))
-  max_len = min(_MAX_LEN.value or seq_len, cfg.max_len)
+  run = heldout_loss.run_settings(config, cfg.max_len)
+  max_len = min(_MAX_LEN.value or run["seq_len"], cfg.max_len)
   seed = int(config.get("seed", 0)) if _SEED.value is None else _SEED.value
-  default_batch = int(config.get("eval_batch_size", 16)) if task == "heldout_loss" else 16
+  default_batch = run["batch_size"] if task == "heldout_loss" else 16
   sampler = dict(draft_len=_DRAFT_LEN.value, batch_size=_BATCH_SIZE.value or default_batch,
                  seed=seed)
   if task == "humaneval_infill":
@@ -121,20 +136,15 @@ def main():
     results = humaneval_infill.evaluate(
         params, cfg, tokenizer, methods=methods, limit=_LIMIT.value,
         subset_seed=_SUBSET_SEED.value, max_len=max_len, temperature=_TEMPERATURE.value,
-        top_p=_TOP_P.value, timeout_s=_TIMEOUT.value, workers=_WORKERS.value, **sampler)
+        top_p=_TOP_P.value, timeout_s=_TIMEOUT.value, workers=_WORKERS.value,
+        order=_ORDER.value, **sampler)
   elif task == "heldout_loss":
     module = heldout_loss
-    data = config.get("data", {})
-    masking = (objective.MaskingConfig.from_dict(config["objective"]) if "objective" in config
-               else objective.MaskingConfig())
+    run.update(num_batches=_NUM_BATCHES.value or run["num_batches"], **sampler)
     results = heldout_loss.evaluate(
-        params, cfg, tokenizer, source=data.get("source", "stdlib"),
-        split=data.get("eval_split", "validation"), text_key=data.get("text_key", "text"),
-        data_dir=data.get("data_dir"), max_documents=data.get("max_documents"), seq_len=seq_len,
-        masking=masking, rates=[float(r) for r in _RATES.value],
-        num_batches=_NUM_BATCHES.value or int(config.get("num_eval_batches", 8)),
+        params, cfg, tokenizer, rates=[float(r) for r in _RATES.value], orders=_ORDERS.value,
         num_samples=0 if methods[0] == "oracle" else _NUM_SAMPLES.value,
-        sample_method=methods[0], **sampler)
+        sample_method=methods[0], **run)
   else:
     module = story_infill
     results = story_infill.evaluate(
@@ -142,7 +152,7 @@ def main():
         text_key=_TEXT_KEY.value, data_dir=_DATA_DIR.value, methods=methods,
         limit=200 if _LIMIT.value is None else _LIMIT.value,
         num_sentences=_NUM_SENTENCES.value, max_len=max_len, temperature=_TEMPERATURE.value,
-        top_p=_TOP_P.value, **sampler)
+        top_p=_TOP_P.value, order=_ORDER.value, **sampler)
   results["workdir"] = os.path.abspath(workdir)
   results["seconds"] = time.perf_counter() - start
   out = _OUT.value or os.path.join(workdir, "evals", f"{task}.json")

@@ -13,6 +13,7 @@
 
 python -m asarm_jax.cli.main_job [--workdir runs/default] [--config configs/default.py]
     [--steps N] [--retrain] [--num_snippets 4] [--rates 0.5,0.9] [--draft_len 3]
+    [--order left_to_right|random|spread]
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from ml_collections import config_flags
 from asarm_jax import checkpoint
 from asarm_jax import data as data_lib
 from asarm_jax import infilling
+from asarm_jax import masks
 from asarm_jax import metrics as metrics_lib
 from asarm_jax import run_config
 from asarm_jax import sampling
@@ -43,6 +45,7 @@ SUMMARY_FILE = "main_job.json"
 SPECULATIVE = "assd_fused"  # the speculative sampler shown: the faster one wherever measured
 SPEED_CHUNKS = 2  # held-out chunks of the model's max_len tokens for the speed table
 HIDDEN_MARK = "\u2591"  # '░': one hidden token
+DEFAULT_ORDER = "left_to_right"  # the order of the hidden positions shown (`masks.ORDERS`)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -140,10 +143,11 @@ def hide(num_tokens: int, rate: float, seed: int) -> np.ndarray:
 
 
 def infill_snippets(params, cfg, tokenizer, snippets: list[dict[str, Any]], *, rates,
-                    draft_len: int, temperature: float, seed: int) -> list[dict[str, Any]]:
+                    draft_len: int, temperature: float, seed: int,
+                    order: str = "left_to_right") -> list[dict[str, Any]]:
   """Sequential decoding and fused ASSD at every rate, one snippet per sampler call (batch 1, the
   interactive case; on a CPU speculation stops paying from 3 rows, `sampling.fastest_method`): one
-  result dict per (rate, method)."""
+  result dict per (rate, method). The hidden positions are generated in `order` (`masks.ORDERS`)."""
   results = []
   for rate in rates:
     examples = [infilling.Example(np.asarray(s["tokens"], np.int32),
@@ -152,7 +156,8 @@ def infill_snippets(params, cfg, tokenizer, snippets: list[dict[str, Any]], *, r
     for method in ("sequential", SPECULATIVE):
       filled = span_infill.infill_examples(
           params, cfg, examples, jax.random.key(seed), method=method, batch_size=1,
-          length_bucket=16, draft_len=draft_len, temperature=temperature)
+          length_bucket=16, draft_len=draft_len, temperature=temperature, order=order,
+          order_seed=seed)
       rows = []
       for example, tokens, nfe in zip(examples, filled.tokens, filled.nfe):
         masked = np.where(example.hidden, tokenizer.mask_id, example.tokens)
@@ -243,8 +248,9 @@ def summary_table(results: list[dict[str, Any]]) -> tuple[str, list[dict[str, An
 
 def run(config, workdir: str, *, retrain: bool = False, num_snippets: int = 4,
         snippet_tokens: int = 48, rates=(0.5, 0.9), draft_len: int = sampling.DEFAULT_DRAFT_LEN,
-        temperature: float = 1.0, seed: int = 0) -> dict[str, Any]:
+        temperature: float = 1.0, seed: int = 0, order: str = DEFAULT_ORDER) -> dict[str, Any]:
   """The whole job (see the module docstring); returns the JSON summary it writes."""
+  masks.check_order_name(order)
 
   job_start = time.perf_counter()
   training = train(config, workdir, retrain=retrain)
@@ -260,11 +266,11 @@ def run(config, workdir: str, *, retrain: bool = False, num_snippets: int = 4,
                      f"{run_cfg.data.source}/{run_cfg.data.eval_split}")
   print(f"\nInfilling {len(snippets)} held-out snippets ({run_cfg.data.source}/"
         f"{run_cfg.data.eval_split}) with {', '.join(f'{100 * r:.0f}%' for r in rates)} of their "
-        f"tokens hidden; sequential vs {SPECULATIVE} (k={draft_len}), "
-        f"temperature {temperature:g} "
+        f"tokens hidden, generated in the {order} order; sequential vs {SPECULATIVE} "
+        f"(k={draft_len}), temperature {temperature:g} "
         "(compiling the samplers first) ...\n", flush=True)
   results = infill_snippets(params, cfg, tokenizer, snippets, rates=rates, draft_len=draft_len,
-                            temperature=temperature, seed=seed)
+                            temperature=temperature, seed=seed, order=order)
   print(format_completions(snippets, results))
   table, rows = summary_table(results)
   print("\n" + table)
@@ -273,7 +279,8 @@ def run(config, workdir: str, *, retrain: bool = False, num_snippets: int = 4,
         "tokens, one per call, the same rates; speculation pays most on long sequences) ...",
         flush=True)
   speed_results = infill_snippets(params, cfg, tokenizer, chunks, rates=rates,
-                                  draft_len=draft_len, temperature=temperature, seed=seed)
+                                  draft_len=draft_len, temperature=temperature, seed=seed,
+                                  order=order)
   speed_table, speed_rows = summary_table(speed_results)
   print("\n" + speed_table.replace("every snippet, one sampler call each",
                                      f"every {cfg.max_len}-token chunk, one sampler call each"))
@@ -284,7 +291,7 @@ def run(config, workdir: str, *, retrain: bool = False, num_snippets: int = 4,
   summary = dict(training=training, model=cfg.to_dict(),
                  settings=dict(num_snippets=len(snippets), snippet_tokens=max_tokens,
                                rates=list(rates), draft_len=draft_len, temperature=temperature,
-                               seed=seed, order="infill (visible, then hidden left to right)"),
+                               seed=seed, order=order),
                  snippets=[dict(source=s["source"], text=s["text"], num_tokens=len(s["tokens"]))
                            for s in snippets],
                  infilling=results, table=rows,
@@ -315,7 +322,10 @@ def _define_flags() -> None:
   flags.DEFINE_list("rates", ["0.5", "0.9"], "Fractions of each snippet's tokens to hide.")
   flags.DEFINE_integer("draft_len", sampling.DEFAULT_DRAFT_LEN, "ASSD drafts per round (k).")
   flags.DEFINE_float("temperature", 1.0, "Sampling temperature (0: greedy).")
-  flags.DEFINE_integer("seed", 0, "Seed of the hidden positions and of sampling.")
+  flags.DEFINE_integer("seed", 0, "Seed of the hidden positions, of sampling and of the random "
+                       "order.")
+  flags.DEFINE_enum("order", DEFAULT_ORDER, list(masks.ORDERS),
+                    f"Order of the hidden positions: {masks.ORDER_HELP}.")
   common.register_fractions_validator("rates", closed=False)
   flags.register_validator("temperature", lambda t: t >= 0, "must be >= 0 (0 is greedy)")
   common.register_positive_validators("steps", "num_snippets", "snippet_tokens", "draft_len")
@@ -331,7 +341,8 @@ def main():
   try:
     run(config, values.workdir, retrain=values.retrain, num_snippets=values.num_snippets,
         snippet_tokens=values.snippet_tokens, rates=tuple(float(r) for r in values.rates),
-        draft_len=values.draft_len, temperature=values.temperature, seed=values.seed)
+        draft_len=values.draft_len, temperature=values.temperature, seed=values.seed,
+        order=values.order)
   except common.USER_ERRORS as error:
     common.fail(f"--workdir {values.workdir}: {error}" if isinstance(error, OSError) else error)
 

@@ -19,6 +19,7 @@ from absl import flags
 
 from asarm_jax import checkpoint
 from asarm_jax import infilling
+from asarm_jax import masks
 from asarm_jax import sampling
 from asarm_jax.cli import common
 from asarm_jax.data import train_tokenizer
@@ -47,7 +48,13 @@ _DRAFT_ONLY_TEMPERATURE = flags.DEFINE_bool(
 _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature; 0 is greedy.")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0 = off).")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus mass in (0, 1] (1 = off).")
-_ORDER = flags.DEFINE_enum("order", "infill", list(infilling.ORDERS), "Generation order.")
+_ORDER = flags.DEFINE_enum("order", "left_to_right", list(infilling.ORDERS),
+                           f"Order of the hidden positions: {masks.ORDER_HELP}.")
+_ADAPTIVE_ORDER = flags.DEFINE_bool(
+    "adaptive_order", False,
+    "Every round decodes the hidden positions where the model is most certain first (lowest "
+    "entropy); --order then fixes nothing. NOT the law of any fixed order (the samples follow "
+    "'most certain position next'). Needs --method assd or auto.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (also the random order's seed).")
 _BATCH = flags.DEFINE_integer("batch", 1, "Samples, drawn in one batched call.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object per sample.")
@@ -135,7 +142,7 @@ def main():
       order=_ORDER.value, order_seed=_SEED.value, method=_METHOD.value,
       draft_len=_DRAFT_LEN.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
       top_p=_TOP_P.value, drafter=_DRAFTER.value, r_atol=_R_ATOL.value,
-      draft_only_temperature=_DRAFT_ONLY_TEMPERATURE.value)
+      draft_only_temperature=_DRAFT_ONLY_TEMPERATURE.value, adaptive_order=_ADAPTIVE_ORDER.value)
   lossy = sampling.is_lossy(_R_ATOL.value, _DRAFT_ONLY_TEMPERATURE.value)
   print("\n".join(format_results(results, as_json=_JSON.value, lossy=lossy)))
 

@@ -3,7 +3,10 @@
 Loss: the training objective's held-out evaluation (`train_lib.eval_step`, the function the training
 loop evaluates with) at a fixed masking rate r (low == high == r): every sequence hides
 max(1, int(r * valid tokens)) uniformly chosen positions, reads the visible ones as the prompt and
-predicts the hidden ones in the run's hidden order. Reported per rate: the mean cross-entropy over
+predicts the hidden ones in a decoding order (`masks.ORDERS`). Under a fixed order the teacher-forced
+loss is the exact negative log-likelihood of the hidden tokens as the product of the model's
+conditionals in that order, so the table per order is the quality each decoding order gets (the
+same hidden sets for every order). Reported per order and rate: the mean cross-entropy over
 hidden tokens in nats, in bits (nats / ln 2) and as perplexity, the accuracy of the argmax, and the
 counts of hidden and valid tokens. The batches are the first `num_batches` of the run's evaluation
 split in order (`data.eval_batches`), and the hidden sets are drawn from `seed` as in training
@@ -18,6 +21,7 @@ tokens as the samples (the first sequences), since the plug-in estimate grows wi
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any
@@ -27,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from asarm_jax import data as data_lib
+from asarm_jax import masks as masks_lib
 from asarm_jax import metrics as metrics_lib
 from asarm_jax import objective
 from asarm_jax import sampling
@@ -50,6 +55,21 @@ def load_batches(tokenizer, *, source: str, split: str, seq_len: int, batch_size
 def _jitted_eval_step(cfg, masking: objective.MaskingConfig):
   """`train_lib.eval_step` for one model and objective, compiled once per batch shape."""
   return jax.jit(functools.partial(train_lib.eval_step, model_cfg=cfg, masking=masking))
+
+
+def run_settings(config: dict[str, Any], max_len: int) -> dict[str, Any]:
+  """`evaluate`'s data and objective arguments for a run from its stored config
+  (`checkpoint.read_run(workdir)["config"]`): its evaluation split, sequence length, objective and
+  evaluation size, so that the defaults score what its training evaluated."""
+  data = config.get("data", {})
+  masking = (objective.MaskingConfig.from_dict(config["objective"]) if "objective" in config
+             else objective.MaskingConfig())
+  return dict(source=data.get("source", "stdlib"), split=data.get("eval_split", "validation"),
+              text_key=data.get("text_key", "text"), data_dir=data.get("data_dir"),
+              max_documents=data.get("max_documents"),
+              seq_len=int(config.get("seq_len", max_len)), masking=masking,
+              num_batches=int(config.get("num_eval_batches", 8)),
+              batch_size=int(config.get("eval_batch_size", 16)))
 
 
 def masked_loss(params, cfg, batches: list[dict[str, np.ndarray]], rate: float, *,
@@ -96,7 +116,8 @@ def unconditional_samples(params, cfg, *, num_samples: int, length: int, method:
 
 def evaluate(params, cfg, tokenizer, *, source: str = "stdlib", split: str = "validation",
              seq_len: int = 128, masking: objective.MaskingConfig | None = None,
-             rates=DEFAULT_RATES, num_batches: int = 8, batch_size: int = 16, seed: int = 0,
+             rates=DEFAULT_RATES, orders=masks_lib.ORDERS, num_batches: int = 8,
+             batch_size: int = 16, seed: int = 0,
              num_samples: int = 16, sample_method: str = "assd",
              draft_len: int = sampling.DEFAULT_DRAFT_LEN,
              text_key: str = "text", data_dir: str | None = None,
@@ -108,8 +129,10 @@ def evaluate(params, cfg, tokenizer, *, source: str = "stdlib", split: str = "va
     source, split, text_key, data_dir, max_documents: the held-out documents (the run's
       evaluation split).
     seq_len: tokens per evaluated sequence (the run's training length).
-    masking: the run's objective settings (hidden order); default `MaskingConfig()`.
+    masking: the run's objective settings; default `MaskingConfig()`. Its hidden order is replaced
+      by each of `orders`.
     rates: fixed masking rates.
+    orders: the decoding orders to score the hidden tokens in (names of `masks.ORDERS`).
     num_batches, batch_size: how much held-out data (the run's num_eval_batches and
       eval_batch_size evaluate the set that training evaluates).
     seed: hidden sets (`train_lib.eval_key`; the run's seed gives training's) and sampling seed.
@@ -118,17 +141,22 @@ def evaluate(params, cfg, tokenizer, *, source: str = "stdlib", split: str = "va
     draft_len: ASSD's k.
   """
   masking = objective.MaskingConfig() if masking is None else masking
+  for order in orders:
+    masks_lib.check_order_name(order)
   batches = load_batches(tokenizer, source=source, split=split, seq_len=seq_len,
                          batch_size=batch_size, num_batches=num_batches, text_key=text_key,
                          data_dir=data_dir, max_documents=max_documents)
-  losses = [masked_loss(params, cfg, batches, float(rate), masking=masking, seed=seed)
-            for rate in rates]
+  losses = [dict(order=order, **masked_loss(
+      params, cfg, batches, float(rate),
+      masking=dataclasses.replace(masking, hidden_order=order), seed=seed))
+            for order in orders for rate in rates]
   data_entropy, data_tokens = metrics_lib.unigram_entropy(
       [b["tokens"] for b in batches], [b["valid"] for b in batches], cfg.vocab_size)
   results: dict[str, Any] = {
       "task": "heldout_loss",
       "settings": dict(source=source, split=split, seq_len=seq_len, num_batches=num_batches,
-                       batch_size=batch_size, seed=seed, hidden_order=masking.hidden_order,
+                       batch_size=batch_size, seed=seed, orders=list(orders),
+                       training_order=masking.hidden_order,
                        num_samples=num_samples, sample_method=sample_method,
                        draft_len=draft_len, sample_temperature=1.0),
       "losses": losses,
@@ -155,6 +183,7 @@ def evaluate(params, cfg, tokenizer, *, source: str = "stdlib", split: str = "va
 
 
 LOSS_COLUMNS: tuple[report.Column, ...] = (
+    ("order", "order", "s"),
     ("rate", "mask rate", ".2f"),
     ("loss_nats", "loss (nats)", ".4f"),
     ("bits_per_token", "bits/token", ".4f"),

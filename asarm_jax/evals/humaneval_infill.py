@@ -59,7 +59,7 @@ def pose(task: InfillTask, tokenizer, max_len: int) -> infilling.Example | None:
 def evaluate(params, cfg, tokenizer, *, methods: Sequence[str] = ("sequential", "assd"),
              limit: int | None = None, subset_seed: int = 0, max_len: int | None = None,
              draft_len: int = sampling.DEFAULT_DRAFT_LEN, temperature: float = 1.0,
-             top_p: float = 1.0,
+             top_p: float = 1.0, order: str = "left_to_right",
              batch_size: int = 16, seed: int = 0, timeout_s: float = 10.0, workers: int = 2,
              tasks: Sequence[InfillTask] | None = None) -> dict[str, Any]:
   """pass@1 of every method on the (selected) HumanEval single-line infilling tasks.
@@ -73,6 +73,7 @@ def evaluate(params, cfg, tokenizer, *, methods: Sequence[str] = ("sequential", 
     max_len: context budget in tokens (default cfg.max_len; capped at it).
     draft_len: ASSD's k.
     temperature, top_p: sampling settings (the same for every method).
+    order: the order of the hole's positions (`masks.ORDERS`; the context comes first).
     batch_size: sampler rows per call.
     seed: sampling seed; task i of the selection uses `fold_in(key(seed), i)` for every method.
     timeout_s: wall-clock limit of one program in the sandbox.
@@ -96,14 +97,14 @@ def evaluate(params, cfg, tokenizer, *, methods: Sequence[str] = ("sequential", 
                        else f"seeded uniform sample (subset_seed={subset_seed})",
                        max_len=max_len, draft_len=draft_len, temperature=temperature,
                        top_p=top_p, batch_size=batch_size, seed=seed, timeout_s=timeout_s,
-                       order="infill (context, then the hole left to right)",
+                       order=order,
                        skipped_too_long=len(selected) - len(usable)),
       "methods": {},
   }
   for method in methods:
     infilled = span_infill.infill_examples(
         params, cfg, examples, jax.random.key(seed), method=method, batch_size=batch_size,
-        draft_len=draft_len, temperature=temperature, top_p=top_p)
+        draft_len=draft_len, temperature=temperature, top_p=top_p, order=order)
     middles = ["" for _ in selected]
     for i, tokens in zip(usable, infilled.tokens):
       middles[i] = tokenizer.decode(posed[i].middle(tokens).tolist())

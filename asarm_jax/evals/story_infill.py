@@ -97,7 +97,7 @@ def evaluate(params, cfg, tokenizer, *, dataset: str, split: str = "validation",
              num_sentences: int = 5, max_len: int | None = None,
              draft_len: int = sampling.DEFAULT_DRAFT_LEN,
              temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 16,
-             seed: int = 0, num_examples_shown: int = 3) -> dict[str, Any]:
+             seed: int = 0, num_examples_shown: int = 3, order: str = "left_to_right") -> dict[str, Any]:
   """ROUGE of each method's middle sentences (see the module docstring).
 
   Args:
@@ -110,6 +110,7 @@ def evaluate(params, cfg, tokenizer, *, dataset: str, split: str = "validation",
     max_len: context budget in tokens (default cfg.max_len).
     draft_len, temperature, top_p, batch_size, seed: sampling settings (see humaneval_infill).
     num_examples_shown: stories whose fills are kept in the results.
+    order: the order of the hidden sentence's positions (`masks.ORDERS`).
   """
   max_len = cfg.max_len if max_len is None else min(max_len, cfg.max_len)
   texts = data_lib.load_texts(dataset, split, text_key=text_key, data_dir=data_dir)
@@ -131,7 +132,7 @@ def evaluate(params, cfg, tokenizer, *, dataset: str, split: str = "validation",
                        num_stories=len(stories), texts_read=read, num_sentences=num_sentences,
                        hidden_sentence=num_sentences // 2, max_len=max_len,
                        draft_len=draft_len, temperature=temperature, top_p=top_p,
-                       batch_size=batch_size, seed=seed,
+                       batch_size=batch_size, seed=seed, order=order,
                        skipped_too_long=len(stories) - len(usable)),
       "methods": {},
   }
@@ -144,7 +145,8 @@ def evaluate(params, cfg, tokenizer, *, dataset: str, split: str = "validation",
   for method in methods:
     infilled = span_infill.infill_examples(
         params, cfg, [posed[i] for i in usable], jax.random.key(seed), method=method,
-        batch_size=batch_size, draft_len=draft_len, temperature=temperature, top_p=top_p)
+        batch_size=batch_size, draft_len=draft_len, temperature=temperature, top_p=top_p,
+        order=order)
     fills = [tokenizer.decode(posed[i].middle(tokens).tolist())
              for i, tokens in zip(usable, infilled.tokens)]
     scores = rouge_scores(fills, references)

@@ -1,0 +1,212 @@
+"""Order benchmark: what each decoding order costs in quality and gains in speed, per training order.
+
+python -m benchmarks.orders --run left_to_right=runs/default --run random=runs/order_random \
+    --run mixture=runs/order_mixture
+python -m benchmarks.orders --quick     # one tiny random model, N=32: a smoke run
+
+For every trained run (labelled by the order it was trained with) and every decoding order of
+`masks.ORDERS`:
+1. quality: the held-out NLL of the hidden tokens under that order (nats per hidden token, the
+   exact negative log-likelihood as the product of the model's conditionals in that order) at 50%
+   and 90% hidden, on the run's own evaluation set (`heldout_loss.masked_loss`, the same hidden
+   sets for every order);
+2. speed: fused ASSD (k = --draft_len) on held-out text at N = 512, 90% hidden, batch 1, cache on:
+   NFE, tokens per round and tokens/s (median of 3 runs after compilation), against cached
+   sequential decoding in the left-to-right order on the same problem (a sequential step's cost
+   does not depend on the order).
+Then per run the choice the library acts on: the fastest decoding order whose NLL at 90% hidden is
+within 3% of the run's best order. Writes benchmarks/results/orders.{json,md} (or --out).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import sys
+import time
+from typing import Any
+
+import jax
+
+from asarm_jax import masks, sampling
+from asarm_jax.evals import heldout_loss
+from benchmarks import drafters
+from benchmarks import sampling as sampling_benchmark
+
+RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+NLL_RATES = (0.5, 0.9)
+SPEED_FRACTION = 0.9
+NLL_TOLERANCE = 0.03  # an order is acceptable when its NLL is within 3% of the run's best
+
+
+def quality_rows(model, tokenizer, settings: dict[str, Any], seed: int) -> list[dict[str, Any]]:
+  """Held-out NLL under every decoding order at every rate of NLL_RATES."""
+  batches = heldout_loss.load_batches(
+      tokenizer, **{k: settings[k] for k in ("source", "split", "seq_len", "batch_size",
+                                             "num_batches", "text_key", "data_dir",
+                                             "max_documents")})
+  rows = []
+  for order in masks.ORDERS:
+    masking = dataclasses.replace(settings["masking"], hidden_order=order)
+    for rate in NLL_RATES:
+      loss = heldout_loss.masked_loss(model.params, model.cfg, batches, rate, masking=masking,
+                                      seed=seed)
+      rows.append({"decoding_order": order, "rate": rate, "nll": loss["loss_nats"],
+                   "hidden_tokens": loss["hidden_tokens"], "seq_len": settings["seq_len"]})
+  return rows
+
+
+def speed_rows(model, tokenizer, *, length: int, draft_len: int, seed: int
+               ) -> list[dict[str, Any]]:
+  """Cached sequential (left to right) and fused ASSD in every decoding order, batch 1."""
+  chunks = sampling_benchmark.text_chunks(tokenizer, length, 1)
+  problems = {order: sampling_benchmark.make_problem(chunks, SPEED_FRACTION, 1, seed, order=order)
+              for order in masks.ORDERS}
+  baseline, _ = drafters.time_sampler(model, problems["left_to_right"],
+                                      dict(method="sequential"), seed)
+  rows = [{"decoding_order": "left_to_right", "method": "sequential", **baseline,
+           "speedup_vs_sequential": 1.0}]
+  for order, problem in problems.items():
+    figures, _ = drafters.time_sampler(model, problem,
+                                       dict(method="assd_fused", draft_len=draft_len), seed)
+    rows.append({"decoding_order": order, "method": "assd_fused", **figures,
+                 "speedup_vs_sequential": figures["tokens_per_s"] / baseline["tokens_per_s"]})
+  for row in rows:
+    row.update(length=length, hidden_fraction=SPEED_FRACTION, batch=1, draft_len=draft_len)
+  return rows
+
+
+def choose_order(quality: list[dict[str, Any]], speed: list[dict[str, Any]],
+                 rate: float = SPEED_FRACTION) -> dict[str, Any]:
+  """The fastest decoding order (fused ASSD tokens/s) whose NLL at `rate` is within
+  NLL_TOLERANCE of the best order's."""
+  nll = {r["decoding_order"]: r["nll"] for r in quality if r["rate"] == rate}
+  best = min(nll.values())
+  acceptable = [o for o, value in nll.items() if value <= best * (1 + NLL_TOLERANCE)]
+  fused = {r["decoding_order"]: r for r in speed if r["method"] == "assd_fused"}
+  chosen = max(acceptable, key=lambda o: fused[o]["tokens_per_s"])
+  return {"order": chosen, "nll": nll[chosen], "best_nll": best,
+          "nll_vs_best": nll[chosen] / best, "acceptable": acceptable,
+          "speedup_vs_sequential": fused[chosen]["speedup_vs_sequential"]}
+
+
+def measure_run(label: str, workdir: str | None, *, quick: bool, draft_len: int, seed: int
+                ) -> dict[str, Any]:
+  """Quality and speed rows of one run, and its chosen order."""
+  model, tokenizer = sampling_benchmark.load_model(workdir=workdir, random_model=False,
+                                                   quick=quick, seed=seed)
+  if quick:
+    settings = heldout_loss.run_settings({"seq_len": 32, "eval_batch_size": 4,
+                                          "num_eval_batches": 2}, model.cfg.max_len)
+  else:
+    from asarm_jax import checkpoint  # pylint: disable=import-outside-toplevel (orbax: slow)
+    settings = heldout_loss.run_settings(checkpoint.read_run(workdir).get("config", {}),
+                                         model.cfg.max_len)
+  quality = quality_rows(model, tokenizer, settings, seed)
+  speed = speed_rows(model, tokenizer, length=min(32 if quick else 512, model.cfg.max_len),
+                     draft_len=draft_len, seed=seed)
+  for row in quality + speed:
+    row["training_order"] = label
+    print(json.dumps(row), flush=True)
+  return {"training_order": label, "model": model.description,
+          "trained_with": settings["masking"].hidden_order, "quality": quality, "speed": speed,
+          "choice": choose_order(quality, speed)}
+
+
+def markdown(results: dict[str, Any]) -> str:
+  """The tables of the JSON results."""
+  rates = " | ".join(f"NLL @{rate:.0%}" for rate in NLL_RATES)
+  lines = ["# Decoding orders x training orders", "", f"`{results['command']}`", "",
+           f"Quality: held-out NLL of the hidden tokens (nats/token) under each decoding order. "
+           f"Speed: fused ASSD (k = {results['draft_len']}), N = {results['length']}, "
+           f"{SPEED_FRACTION:.0%} hidden, batch 1, cache on, against cached sequential decoding "
+           "(left to right) on the same text.", "",
+           f"| trained with | decoding order | {rates} | NFE | tokens/round | tokens/s | "
+           "x sequential |", "|---|---|" + "---|" * len(NLL_RATES) + "---|---|---|---|"]
+  for run in results["runs"]:
+    fused = {r["decoding_order"]: r for r in run["speed"] if r["method"] == "assd_fused"}
+    sequential = next(r for r in run["speed"] if r["method"] == "sequential")
+    lines.append(f"| {run['training_order']} | (sequential, left_to_right) | "
+                 + " | ".join("" for _ in NLL_RATES)
+                 + f" | {sequential['nfe']:.0f} | 1.00 | {sequential['tokens_per_s']:.0f} | "
+                 "1.00 |")
+    for order in masks.ORDERS:
+      nll = [next(r["nll"] for r in run["quality"]
+                  if r["decoding_order"] == order and r["rate"] == rate) for rate in NLL_RATES]
+      row = fused[order]
+      lines.append(f"| {run['training_order']} | {order} | "
+                   + " | ".join(f"{v:.4f}" for v in nll)
+                   + f" | {row['nfe']:.0f} | {row['tokens_per_round']:.2f} | "
+                   f"{row['tokens_per_s']:.0f} | {row['speedup_vs_sequential']:.2f} |")
+  lines += ["", f"Choice per run: the fastest decoding order whose NLL at {SPEED_FRACTION:.0%} "
+            f"hidden is within {NLL_TOLERANCE:.0%} of the run's best order.", "",
+            "| trained with | chosen order | its NLL / best | acceptable orders | "
+            "x sequential |", "|---|---|---|---|---|"]
+  for run in results["runs"]:
+    choice = run["choice"]
+    lines.append(f"| {run['training_order']} | {choice['order']} | {choice['nll_vs_best']:.4f} | "
+                 f"{', '.join(choice['acceptable'])} | {choice['speedup_vs_sequential']:.2f} |")
+  return "\n".join(lines) + "\n"
+
+
+def run_benchmark(runs: list[tuple[str, str | None]], *, quick: bool, out: str | None,
+                  draft_len: int, seed: int, command: str) -> dict[str, Any]:
+  """Measures every run and writes the JSON and Markdown reports."""
+  start = time.perf_counter()
+  measured = [measure_run(label, workdir, quick=quick, draft_len=draft_len, seed=seed)
+              for label, workdir in runs]
+  results = {"command": command, "draft_len": draft_len,
+             "length": measured[0]["speed"][0]["length"], "runs": measured,
+             "seconds": time.perf_counter() - start, "jax": jax.__version__}
+  path = pathlib.Path(out) if out else RESULTS_DIR / "orders.json"
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(results, indent=1))
+  path.with_suffix(".md").write_text(markdown(results))
+  print(f"wrote {path} and {path.with_suffix('.md')} in {results['seconds']:.0f} s")
+  return results
+
+
+def parse_runs(specs: list[str]) -> list[tuple[str, str]]:
+  """`LABEL=DIR` pairs of --run; ValueError naming a malformed one or a directory without a
+  checkpoint."""
+  from asarm_jax import checkpoint  # pylint: disable=import-outside-toplevel (orbax: slow)
+  runs = []
+  for spec in specs:
+    label, sep, workdir = spec.partition("=")
+    if not sep or not label or not workdir:
+      raise ValueError(f"--run {spec!r}: expected LABEL=DIR, e.g. left_to_right=runs/default")
+    if not (pathlib.Path(workdir) / checkpoint.RUN_FILE).is_file():
+      raise ValueError(f"--run {spec!r}: {workdir} is not a training run directory (no "
+                       f"{checkpoint.RUN_FILE})")
+    if checkpoint.latest_step(workdir) is None:
+      raise ValueError(f"--run {spec!r}: {workdir} holds no checkpoint")
+    runs.append((label, workdir))
+  return runs
+
+
+def main() -> None:
+  """The command line."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+
+  values = flags.FLAGS
+  if not values.run and not values.quick:
+    raise ValueError("name the runs: --run LABEL=DIR (repeatable), or --quick")
+  runs = [("tiny_random", None)] if values.quick else parse_runs(values.run)
+  run_benchmark(runs, quick=values.quick, out=values.out, draft_len=values.draft_len,
+                seed=values.seed, command=" ".join(["python -m benchmarks.orders", *sys.argv[1:]]))
+
+
+if __name__ == "__main__":
+  from absl import flags as _flags
+
+  from asarm_jax.cli import common
+
+  _flags.DEFINE_multi_string("run", [], "LABEL=DIR: a trained run and the training order it is "
+                             "labelled with (repeatable).")
+  _flags.DEFINE_bool("quick", False, "One tiny random model, N=32: a smoke run.")
+  _flags.DEFINE_string("out", None, "JSON output (default benchmarks/results/orders.json); the "
+                       ".md table is written next to it.")
+  _flags.DEFINE_integer("draft_len", sampling.DEFAULT_DRAFT_LEN, "k of the fused ASSD rows.")
+  _flags.DEFINE_integer("seed", 0, "Seeds the hidden subsets, random orders and samplers.")
+  _flags.register_validator("draft_len", lambda k: k >= 1, "must be >= 1")
+  common.run(main, module_name=__name__, summary=__doc__)
