@@ -1,17 +1,22 @@
-"""Hugging Face XLNet directories: XLNet's tokenizer, whose ids and decoding equal transformers',
-read from both directory layouts (spiece.model / tokenizer.json).
+"""Hugging Face XLNet directories end to end: XLNet's tokenizer (ids and decoding equal to
+transformers'), `asarm_jax.load` of both directory layouts (spiece.model / tokenizer.json) and of a
+run directory, logit parity, and one clear error per bad directory, with nothing written.
 
 The checkpoint is built here (nothing is downloaded): a SentencePiece Unigram model trained on a
 few KB of text with XLNet's special ids, read by transformers' own XLNetTokenizer and saved with
 `save_pretrained`, and a tiny random XLNetLMHeadModel of that vocabulary.
 """
+import hashlib
 import io
+import json
 import pathlib
 import re
+import shutil
 import string
 import textwrap
 import types
 
+import jax
 import numpy as np
 import pytest
 
@@ -21,8 +26,12 @@ pytest.importorskip("tokenizers")
 
 import sentencepiece as spm  # noqa: E402
 
+import asarm_jax  # noqa: E402
+from asarm_jax import checkpoint  # noqa: E402
+from asarm_jax.data import train_tokenizer  # noqa: E402
+from asarm_jax.model import ModelConfig  # noqa: E402
 from asarm_jax.xlnet_tokenizer import XLNetTokenizer  # noqa: E402
-from test_convert_hf import _hf_model  # noqa: E402
+from test_convert_hf import TOLERANCE, _hf_model, _max_diff, _random_params  # noqa: E402
 
 # XLNet's special ids: <unk>=0, <s>=1, </s>=2, then these control symbols from id 3 on.
 XLNET_CONTROLS = ["<cls>", "<sep>", "<pad>", "<mask>", "<eod>", "<eop>"]
@@ -55,6 +64,13 @@ def _train_spiece() -> bytes:
   return model.getvalue()
 
 
+def _snapshot(directory: pathlib.Path) -> dict[str, str]:
+  """Every path under `directory` -> 'dir' or the sha1 of the file."""
+  return {path.relative_to(directory).as_posix():
+          "dir" if path.is_dir() else hashlib.sha1(path.read_bytes()).hexdigest()
+          for path in sorted(directory.rglob("*"))}
+
+
 @pytest.fixture(scope="module")
 def hf(tmp_path_factory):
   """Two HF XLNet directories of one model: 'spiece' (config.json, model.safetensors,
@@ -76,6 +92,11 @@ def hf(tmp_path_factory):
       root=root, model=model, dirs={"spiece": old, "json": new},
       reference={"spiece": old_tokenizer,
                  "json": transformers.AutoTokenizer.from_pretrained(new)})
+
+
+@pytest.fixture(scope="module")
+def loaded(hf):
+  return {layout: asarm_jax.load(hf.dirs[layout]) for layout in LAYOUTS}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -133,3 +154,110 @@ def test_lossy_reason_is_none_exactly_for_round_trips(hf):
   for text in TRICKY:
     round_trips = tokenizer.decode(tokenizer.encode(text)) == text
     assert (tokenizer.lossy_reason(text) is None) == round_trips, text
+
+
+# --------------------------------------------------------------------------------------------------
+# The loader.
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_load_reads_an_hf_directory_and_writes_nothing(layout, hf, loaded):
+  before = _snapshot(hf.dirs[layout])
+  model = asarm_jax.load(hf.dirs[layout])
+  assert _snapshot(hf.dirs[layout]) == before
+  assert model.kind == "hf_xlnet"
+  assert isinstance(model.tokenizer, XLNetTokenizer)
+  assert model.config.vocab_size == model.tokenizer.vocab_size == len(hf.reference[layout])
+  assert (model.mask_id, model.max_len, model.config.n_layers) == (6, 512, 2)
+  assert jax.tree.structure(model.params) == jax.tree.structure(loaded["json"].params)
+
+
+@pytest.mark.parametrize("seed,num_prompt", [(0, 1), (1, 4)])
+def test_logits_match_transformers(seed, num_prompt, hf, loaded):
+  model = loaded["spiece"]
+  assert _max_diff(model.config, model.params, hf.model, seed, num_prompt) <= TOLERANCE
+
+
+def test_load_reads_pytorch_model_bin(hf, loaded, tmp_path):
+  directory = tmp_path / "bin"
+  shutil.copytree(hf.dirs["json"], directory)
+  (directory / "model.safetensors").unlink()
+  torch.save(hf.model.state_dict(), directory / "pytorch_model.bin")
+  model = asarm_jax.load(directory)
+  for ours, theirs in zip(jax.tree.leaves(model.params), jax.tree.leaves(loaded["json"].params)):
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_load_reads_a_run_directory(tmp_path):
+  tokenizer = train_tokenizer([_training_text()], vocab_size=400)
+  cfg = ModelConfig(vocab_size=tokenizer.vocab_size, mask_token_id=tokenizer.mask_id, d_model=16,
+                    n_layers=1, n_heads=2, d_head=8, d_inner=32, max_len=32)
+  params = _random_params(cfg, seed=0)
+  checkpoint.write_run(tmp_path, identity={}, model_cfg=cfg, config={}, tokenizer=tokenizer)
+  saver = checkpoint.Checkpointer(tmp_path, async_save=False)
+  saver.save(1, types.SimpleNamespace(params=params, step=1, rng=np.zeros(2, np.uint32),
+                                      opt_state={"count": np.zeros((), np.int32)}), force=True)
+  saver.close()
+  model = asarm_jax.load(tmp_path)
+  assert (model.kind, model.config, model.mask_id) == ("run", cfg, tokenizer.mask_id)
+  assert model.tokenizer.model_proto == tokenizer.model_proto
+  for ours, theirs in zip(jax.tree.leaves(model.params), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def _edit_config(**changes):
+  def edit(directory):
+    path = directory / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+  return edit
+
+
+def _delete(name):
+  def edit(directory):
+    (directory / name).unlink()
+  return edit
+
+
+def _load_after(edit):
+  """A row's set-up: edits the directory, then loads it."""
+  def setup(directory):
+    edit(directory)
+    return directory, {}
+  return setup
+
+
+# (name, set-up: a copy of the 'json' directory -> (path, load options), error, message regex)
+BAD_DIRECTORIES = [
+    ("missing", lambda d: (d / "no_such_dir", {}), FileNotFoundError, r"no_such_dir does not exist"),
+    ("a_file", lambda d: (d / "config.json", {}), FileNotFoundError,
+     r"config\.json is a file, not a model directory"),
+    ("neither_kind", _load_after(_delete("config.json")), FileNotFoundError,
+     r"neither a training run directory \(run\.json not found\) nor a Hugging Face XLNet "
+     r"directory \(config\.json not found\)"),
+    ("not_xlnet", _load_after(_edit_config(model_type="bert")), ValueError,
+     r"config\.json has model_type 'bert', not 'xlnet'"),
+    ("no_weights", _load_after(_delete("model.safetensors")), FileNotFoundError,
+     r"no model\.safetensors or model\.safetensors\.index\.json in .* \(nor pytorch_model\.bin\)"),
+    ("no_tokenizer", _load_after(_delete("tokenizer.json")), FileNotFoundError,
+     r"no tokenizer in .*: expected tokenizer\.json or spiece\.model"),
+    ("vocab_mismatch", _load_after(_edit_config(vocab_size=301)), ValueError,
+     r"the tokenizer in .* has \d+ ids but the model's embedding has vocab_size 301"),
+    ("mask_mismatch", _load_after(_edit_config(mask_token_id=7)), ValueError,
+     r"config\.json has mask_token_id 7 but the tokenizer's <mask> is id 6"),
+    ("step_of_hf_dir", lambda d: (d, {"step": 3}), ValueError,
+     r"step=3: .* is a Hugging Face XLNet directory, which has no checkpoint steps"),
+]
+
+
+@pytest.mark.parametrize("name,setup,error,pattern", BAD_DIRECTORIES,
+                         ids=[row[0] for row in BAD_DIRECTORIES])
+def test_bad_directory_gives_one_clear_error(name, setup, error, pattern, hf, tmp_path):
+  del name
+  directory = tmp_path / "hf"
+  shutil.copytree(hf.dirs["json"], directory)
+  path, options = setup(directory)
+  before = _snapshot(tmp_path)
+  with pytest.raises(error, match=pattern) as caught:
+    asarm_jax.load(path, **options)
+  assert "\n" not in str(caught.value)
+  assert _snapshot(tmp_path) == before
