@@ -64,15 +64,24 @@ def load(path: str | epath.PathLike, *, step: int | None = None) -> LoadedModel:
     raise FileNotFoundError(f"{path} does not exist")
   if not directory.is_dir():
     raise FileNotFoundError(f"{path} is a file, not a model directory")
-  if (directory / checkpoint.RUN_FILE).exists():
+  found = kind(directory)
+  if found == RUN:
     return LoadedModel(*checkpoint.load_for_inference(directory, step), kind=RUN)
-  if (directory / HF_CONFIG).exists():
+  if found == HF_XLNET:
     if step is not None:
       raise ValueError(f"step={step}: {path} is a Hugging Face XLNet directory, which has no "
                        "checkpoint steps")
     return _load_hf_xlnet(pathlib.Path(path))
   raise FileNotFoundError(f"{path} is neither a training run directory ({checkpoint.RUN_FILE} not "
                           f"found) nor a Hugging Face XLNet directory ({HF_CONFIG} not found)")
+
+
+def kind(directory: str | epath.PathLike) -> str | None:
+  """RUN if `directory` holds run.json, else HF_XLNET if it holds config.json, else None."""
+  directory = epath.Path(directory)
+  if (directory / checkpoint.RUN_FILE).exists():
+    return RUN
+  return HF_XLNET if (directory / HF_CONFIG).exists() else None
 
 
 def _load_hf_xlnet(directory: pathlib.Path) -> LoadedModel:

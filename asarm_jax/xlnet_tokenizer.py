@@ -38,6 +38,8 @@ import pathlib
 import re
 from collections.abc import Iterable, Sequence
 
+from asarm_jax.data.tokenizer import checked_ids
+
 TOKENIZER_JSON = "tokenizer.json"
 SPIECE_MODEL = "spiece.model"
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -188,15 +190,22 @@ class XLNetTokenizer:
     Raises:
       ValueError: an id outside [0, vocab_size).
     """
-    ids = [int(i) for i in ids]
-    bad = [i for i in ids if not 0 <= i < self.vocab_size]
-    if bad:
-      raise ValueError(f"Token ids out of range [0, {self.vocab_size}): {bad[:5]}")
+    ids = checked_ids(ids, self.vocab_size)
     if mask_text is None:
       return self._backend.decode(ids, skip_special_tokens=True)
     pieces = [self._hole if i == self.mask_id else self._backend.id_to_token(i)
               for i in ids if i == self.mask_id or i not in self._special_ids]
     return self._backend.decoder.decode(pieces).replace(self._hole, mask_text)
+
+  def decode_continuation(self, ids: Iterable[int]) -> str:
+    """`decode` of ids that follow other text: a word-start mark on the first token renders as
+    a space (which `decode` drops at the start of a text)."""
+    ids = list(ids)
+    text = self.decode(ids)
+    first = next((i for i in ids if int(i) not in self._special_ids), None)
+    starts_word = first is not None and self._backend.id_to_token(int(first)).startswith(
+        _SPACE_MARK)
+    return " " + text if starts_word else text
 
   def lossy_reason(self, text: str) -> str | None:
     """None if `decode(encode(text)) == text`; otherwise the first loss, e.g.

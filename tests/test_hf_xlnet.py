@@ -1,6 +1,7 @@
 """Hugging Face XLNet directories end to end: XLNet's tokenizer (ids and decoding equal to
 transformers'), `asarm_jax.load` of both directory layouts (spiece.model / tokenizer.json) and of a
-run directory, logit parity, and one clear error per bad directory, with nothing written.
+run directory, logit parity, one clear error per bad directory with nothing written, infilling
+(lossy texts refused unless allowed) and sample.py on an HF directory.
 
 The checkpoint is built here (nothing is downloaded): a SentencePiece Unigram model trained on a
 few KB of text with XLNet's special ids, read by transformers' own XLNetTokenizer and saved with
@@ -9,10 +10,13 @@ few KB of text with XLNet's special ids, read by transformers' own XLNetTokenize
 import hashlib
 import io
 import json
+import os
 import pathlib
 import re
 import shutil
 import string
+import subprocess
+import sys
 import textwrap
 import types
 
@@ -27,7 +31,7 @@ pytest.importorskip("tokenizers")
 import sentencepiece as spm  # noqa: E402
 
 import asarm_jax  # noqa: E402
-from asarm_jax import checkpoint  # noqa: E402
+from asarm_jax import checkpoint, infilling  # noqa: E402
 from asarm_jax.data import train_tokenizer  # noqa: E402
 from asarm_jax.model import ModelConfig  # noqa: E402
 from asarm_jax.xlnet_tokenizer import XLNetTokenizer  # noqa: E402
@@ -114,6 +118,8 @@ def test_ids_and_decoding_match_transformers(layout, hf):
     assert ours.decode(ids) == theirs.decode(ids, skip_special_tokens=True), text
     holes = [i for i in ids if i == ours.mask_id or i not in theirs.all_special_ids]
     assert ours.decode(ids, mask_text="<mask>") == theirs.decode(holes), text
+  with pytest.raises(ValueError, match=r"Token ids out of range \[0, \d+\): \[\d+\]"):
+    ours.decode([ours.vocab_size])
   rng = np.random.default_rng(0)
   for _ in range(20):
     ids = rng.integers(0, ours.vocab_size, rng.integers(1, 12)).tolist()
@@ -261,3 +267,79 @@ def test_bad_directory_gives_one_clear_error(name, setup, error, pattern, hf, tm
     asarm_jax.load(path, **options)
   assert "\n" not in str(caught.value)
   assert _snapshot(tmp_path) == before
+
+
+# --------------------------------------------------------------------------------------------------
+# Infilling and sample.py.
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PROSE = "The cat [MASK*3] on the mat."
+
+
+def test_infill_texts_with_the_xlnet_tokenizer(loaded):
+  model = loaded["json"]
+  texts = [PROSE, "A [MASK*2] dog and a [MASK] cat."]
+  results = infilling.infill_texts(model.params, model.config, model.tokenizer, texts,
+                                   jax.random.key(0), method="sequential")
+  assert [(len(r.fills), r.num_generated) for r in results] == [(1, 3), (2, 3)]
+  assert results[0].text.startswith("The cat ") and results[0].text.endswith(" on the mat.")
+  assert results[1].text.startswith("A ") and results[1].text.endswith(" cat.")
+  assert " dog and a " in results[1].text
+
+
+def test_a_fill_after_text_is_decoded_as_a_continuation(hf):
+  tokenizer = XLNetTokenizer.from_directory(hf.dirs["json"])
+  ids = tokenizer.encode("sat down")
+  assert (tokenizer.decode(ids), tokenizer.decode_continuation(ids)) == ("sat down", " sat down")
+
+
+@pytest.mark.parametrize("text,loss", [
+    ("x  = [MASK]", r"a run of 2 spaces at character 1"),
+    ("def f():\n    return [MASK*2]\n", r"a newline at character 8"),
+])
+def test_lossy_text_is_refused_unless_allowed(text, loss, loaded):
+  model = loaded["json"]
+  args = (model.params, model.config, model.tokenizer, text, jax.random.key(0))
+  with pytest.raises(ValueError, match=loss + r".*allow_lossy_tokenization=True"):
+    asarm_jax.infill(*args, method="sequential")
+  result = asarm_jax.infill(*args, method="sequential", allow_lossy_tokenization=True)
+  assert result.text.startswith(text.split("[MASK")[0])
+
+
+def _sample_py(*flags_: str) -> subprocess.Popen:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.Popen([sys.executable, str(ROOT / "sample.py"), *flags_], env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_sample_py_fills_a_text_with_an_hf_directory(hf):
+  directory = str(hf.dirs["spiece"])
+  before = _snapshot(hf.dirs["spiece"])
+  filled = _sample_py("--workdir", directory, "--text", PROSE, "--method", "sequential", "--json")
+  refused = _sample_py("--workdir", directory, "--text", "a\n[MASK]")
+  stdout, stderr = filled.communicate(timeout=150)
+  assert filled.returncode == 0, stderr[-3000:]
+  result = json.loads(stdout.strip().splitlines()[-1])
+  assert result["text"].startswith("The cat ") and result["text"].endswith(" on the mat.")
+  assert result["num_generated"] == 3
+  _, stderr = refused.communicate(timeout=150)
+  lines = [line for line in stderr.splitlines() if line.strip()]
+  assert refused.returncode == 2 and len(lines) == 1, stderr[-3000:]
+  assert re.match(r"error: .*'a\\n' as it is: a newline at character 1 \(trailing\).*"
+                  r"allow_lossy_tokenization=True", lines[0]), lines[0]
+  assert _snapshot(hf.dirs["spiece"]) == before
+
+
+def test_evals_cli_runs_on_an_hf_directory(hf, tmp_path):
+  before = _snapshot(hf.dirs["json"])
+  out = tmp_path / "heldout.json"
+  done = subprocess.run(
+      [sys.executable, "-m", "asarm_jax.evals", "--workdir", str(hf.dirs["json"]),
+       "--task", "heldout_loss", "--num_batches", "1", "--batch_size", "2", "--num_samples", "0",
+       "--rates", "0.5", "--method", "oracle", "--out", str(out)],
+      env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3"),
+      cwd=ROOT, capture_output=True, text=True, timeout=150)
+  assert done.returncode == 0, done.stderr[-3000:]
+  results = json.loads(out.read_text())
+  assert results["workdir"] == str(hf.dirs["json"].resolve()) and results["losses"]
+  assert _snapshot(hf.dirs["json"]) == before
