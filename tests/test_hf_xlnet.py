@@ -126,6 +126,17 @@ def test_ids_and_decoding_match_transformers(layout, hf):
     assert ours.decode(ids) == theirs.decode(ids, skip_special_tokens=True), ids
 
 
+def test_do_lower_case_matches_transformers(hf, tmp_path):
+  shutil.copytree(hf.dirs["json"], tmp_path / "lower")
+  config_path = tmp_path / "lower" / "tokenizer_config.json"
+  config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "do_lower_case": True}))
+  ours = XLNetTokenizer.from_directory(tmp_path / "lower")
+  theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "lower")
+  for text in TRICKY:
+    assert ours.encode(text) == theirs(text, add_special_tokens=False)["input_ids"], text
+  assert ours.encode("UPPER") == ours.encode("upper")
+
+
 def test_encode_has_no_sep_cls_suffix(hf):
   ours, theirs = XLNetTokenizer.from_directory(hf.dirs["json"]), hf.reference["json"]
   with_specials = theirs("Hello world.")["input_ids"]
