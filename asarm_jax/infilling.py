@@ -21,6 +21,15 @@ examples are filled with it.
 Texts: `[MASK]` is one hidden token and `[MASK*n]` is n hidden tokens (n >= 1). The literal pieces
 between spans are tokenized one by one and form the prompt. `infill_texts` fills many different
 texts in ragged batches, `infill_many` draws samples of one text, `infill` one sample.
+
+Tokenizers: our SentencePiece `Tokenizer` round-trips every text. XLNet's (`XLNetTokenizer`) does
+not: it folds each run of whitespace (newlines and tabs included) into one space, drops it at the
+ends, strips accents, and so on (see `xlnet_tokenizer`), so the model would be conditioned on
+another text than the one given. A literal piece that its tokenizer cannot round-trip is refused,
+naming the loss (one space between a piece and a span is not a loss: the fill's first token carries
+it); `allow_lossy_tokenization=True` fills it anyway. Either way the result's text keeps the literal
+pieces as given. A fill that directly follows text (no whitespace between) is decoded as a
+continuation (`decode_continuation`: XLNet's word-start mark there is a space).
 """
 from __future__ import annotations
 
@@ -268,9 +277,31 @@ def fill_examples(params, cfg: ModelConfig, examples: Sequence[Example], rng, *,
 # Texts.
 
 
-def _pose(text: str, tokenizer, cfg: ModelConfig) -> tuple[list[str | int], Example, np.ndarray]:
+def _check_lossless(parts: list[str | int], tokenizer) -> None:
+  """Raises ValueError naming the first literal piece `tokenizer` cannot round-trip; one space
+  next to a span is allowed."""
+  for index, part in enumerate(parts):
+    if isinstance(part, int):
+      continue
+    core = part
+    if index > 0 and core.startswith(" "):
+      core = core[1:]
+    if index + 1 < len(parts) and core.endswith(" "):
+      core = core[:-1]
+    reason = tokenizer.lossy_reason(core)
+    if reason is not None:
+      raise ValueError(f"the tokenizer cannot keep the visible text {core[:40]!r}"
+                       f"{'...' if len(core) > 40 else ''} as it is: {reason} (characters counted "
+                       "in that text); the model would see another text (pass "
+                       "allow_lossy_tokenization=True to fill it anyway)")
+
+
+def _pose(text: str, tokenizer, cfg: ModelConfig, allow_lossy_tokenization: bool = False
+          ) -> tuple[list[str | int], Example, np.ndarray]:
   """(parsed parts, the Example, span index per position (-1 visible)) of a masked text."""
   parts = parse_masked_text(text)
+  if not allow_lossy_tokenization:
+    _check_lossless(parts, tokenizer)
   ids, span_of = _layout(parts, tokenizer)
   if len(ids) > cfg.max_len:
     hidden = sum(part for part in parts if isinstance(part, int))
@@ -282,13 +313,17 @@ def _pose(text: str, tokenizer, cfg: ModelConfig) -> tuple[list[str | int], Exam
 
 def _infilled(parts, span_of: np.ndarray, tokens: np.ndarray, tokenizer, batch: FilledBatch,
               row: int) -> Infilled:
-  fills = tuple(tokenizer.decode(tokens[span_of == span].tolist())
-                for span in range(int(span_of.max()) + 1))
-  pieces, fill_iter = [], iter(fills)
+  pieces, fills = [], []
   for part in parts:
-    pieces.append(next(fill_iter) if isinstance(part, int) else part)
+    if isinstance(part, int):
+      ids = tokens[span_of == len(fills)].tolist()
+      before = "".join(pieces)
+      follows_text = bool(before) and not before[-1].isspace()
+      fills.append(tokenizer.decode_continuation(ids) if follows_text else tokenizer.decode(ids))
+      part = fills[-1]
+    pieces.append(part)
   out = batch.out
-  return Infilled(text="".join(pieces), fills=fills, tokens=tokens, nfe=int(out.nfe[row]),
+  return Infilled(text="".join(pieces), fills=tuple(fills), tokens=tokens, nfe=int(out.nfe[row]),
                   rounds=int(out.rounds[row]), accepted=int(out.accepted[row]),
                   num_generated=int(np.sum(span_of >= 0)), seconds=batch.seconds,
                   compile_seconds=batch.compile_seconds)
@@ -296,31 +331,35 @@ def _infilled(parts, span_of: np.ndarray, tokens: np.ndarray, tokenizer, batch: 
 
 def infill_texts(params, cfg: ModelConfig, tokenizer, texts: Sequence[str], rng, *,
                  batch_size: int | None = None, length_bucket: int = 64,
-                 **options) -> list[Infilled]:
+                 allow_lossy_tokenization: bool = False, **options) -> list[Infilled]:
   """Fills the `[MASK]` spans of every text, in ragged batches (text i samples with
   `fold_in(rng, i)`).
 
   Args:
     params, cfg: the model.
-    tokenizer: an `asarm_jax.data.Tokenizer` (encode / decode / mask_id).
+    tokenizer: an `asarm_jax.data.Tokenizer` or an `asarm_jax.xlnet_tokenizer.XLNetTokenizer`
+      (encode / decode / decode_continuation / lossy_reason / mask_id).
     texts: strings with `[MASK]` / `[MASK*n]` spans.
     rng: PRNG key.
     batch_size: rows per sampler call (default: all texts in one call).
     length_bucket: see `fill_examples`.
+    allow_lossy_tokenization: fill texts whose visible pieces the tokenizer cannot round-trip
+      (see the module docstring) instead of refusing them.
     **options: order, order_seed and the sampler options of `fill_examples`.
 
   Returns:
     One Infilled per text, in the order of `texts`.
 
   Raises:
-    ValueError: naming the bad text (its index) or option.
+    ValueError: naming the bad text (its index) or option, or the loss of a text the tokenizer
+      cannot round-trip.
   """
   if isinstance(texts, str) or not texts:
     raise ValueError("texts must be a non-empty list of strings")
   posed = []
   for index, text in enumerate(texts):
     try:
-      posed.append(_pose(text, tokenizer, cfg))
+      posed.append(_pose(text, tokenizer, cfg, allow_lossy_tokenization))
     except ValueError as error:
       raise ValueError(f"text {index}: {error}") from None
   batches = fill_examples(params, cfg, [example for _, example, _ in posed], rng,
@@ -335,15 +374,16 @@ def infill_texts(params, cfg: ModelConfig, tokenizer, texts: Sequence[str], rng,
 
 
 def infill_many(params, cfg: ModelConfig, tokenizer, text: str, rng, *, num_samples: int = 1,
-                **options) -> list[Infilled]:
+                allow_lossy_tokenization: bool = False, **options) -> list[Infilled]:
   """Draws `num_samples` completions of `text` in one batched sampler call (sample s samples with
   `fold_in(rng, s)`); the options are those of `infill_texts`.
 
   Raises:
-    ValueError: a malformed text, a text longer than the model's max_len, or a bad option.
+    ValueError: a malformed text, a text longer than the model's max_len, a text the tokenizer
+      cannot round-trip (unless `allow_lossy_tokenization`), or a bad option.
   """
   _check_sizes(num_samples=num_samples)
-  parts, example, span_of = _pose(text, tokenizer, cfg)
+  parts, example, span_of = _pose(text, tokenizer, cfg, allow_lossy_tokenization)
   results = [None] * num_samples
   for batch in fill_examples(params, cfg, [example] * num_samples, rng, batch_size=num_samples,
                              **options):

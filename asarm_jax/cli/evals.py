@@ -9,7 +9,9 @@ python -m asarm_jax.evals --workdir runs/default --task story_infill --dataset t
 --method takes comma-separated samplers: any of the library's (`sampling.METHODS`), and 'oracle'
 (the reference middle through the same pipeline: a check of everything but the sampler);
 heldout_loss samples with the first one. The results go to --out, by default
-<workdir>/evals/<task>.json.
+<workdir>/evals/<task>.json. --workdir may also be a Hugging Face XLNet directory (see
+`asarm_jax.load`); it has no training config, so the defaults stand in for the run's settings
+(seq_len = the model's max_len, seed 0, the stdlib held-out data).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import time
 from absl import flags
 
 from asarm_jax import checkpoint
+from asarm_jax import loading
 from asarm_jax import masks
 from asarm_jax import sampling
 from asarm_jax.cli import common
@@ -29,7 +32,8 @@ from asarm_jax.evals import report
 from asarm_jax.evals import span_infill
 from asarm_jax.evals import story_infill
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.")
+_WORKDIR = flags.DEFINE_string("workdir", None,
+                                "Training run directory or Hugging Face XLNet directory.")
 _TASK = flags.DEFINE_enum("task", None, TASKS, "Which evaluation.")
 _METHOD = flags.DEFINE_list("method", [sampling.DEFAULT_METHOD],
                             f"Comma-separated samplers: {', '.join(span_infill.METHODS)}.")
@@ -102,12 +106,13 @@ common.register_positive_validators("draft_len", "limit", "batch_size", "max_len
 
 
 def _check_workdir(workdir: str) -> None:
-  """Fails unless `workdir` is a training run directory."""
+  """Fails unless `workdir` is a training run directory or a Hugging Face XLNet directory."""
   if not os.path.isdir(workdir):
     common.fail(f"--workdir {workdir}: does not exist")
-  if not os.path.isfile(os.path.join(workdir, checkpoint.RUN_FILE)):
-    common.fail(f"--workdir {workdir}: not a training run directory (no {checkpoint.RUN_FILE}); "
-                "train one with `python train.py --config configs/default.py --workdir DIR`")
+  if loading.kind(workdir) is None:
+    common.fail(f"--workdir {workdir}: not a training run directory (no {checkpoint.RUN_FILE}) "
+                f"nor a Hugging Face XLNet directory (no {loading.HF_CONFIG}); train one with "
+                "`python train.py --config configs/default.py --workdir DIR`")
 
 
 def main():
@@ -123,8 +128,9 @@ def main():
                 "feature is not 'text')")
   common.quiet_library_logs()
   start = time.perf_counter()
-  cfg, params, tokenizer = checkpoint.load_for_inference(workdir, _STEP.value)
-  config = checkpoint.read_run(workdir).get("config", {})
+  model = loading.load(workdir, step=_STEP.value)
+  cfg, params, tokenizer = model.config, model.params, model.tokenizer
+  config = checkpoint.read_run(workdir).get("config", {}) if model.kind == loading.RUN else {}
   run = heldout_loss.run_settings(config, cfg.max_len)
   max_len = min(_MAX_LEN.value or run["seq_len"], cfg.max_len)
   seed = int(config.get("seed", 0)) if _SEED.value is None else _SEED.value

@@ -4,6 +4,10 @@ python sample.py --workdir runs/default --text $'def add(a, b):\n    return [MAS
     [--method auto] [--draft_len 3] [--temperature 0.8] [--seed 0] [--batch 4] [--json]
     [--dtype bfloat16] [--drafter ngram] [--r_atol 0.3 (lossy)] [--draft_only_temperature (lossy)]
 python sample.py --random_model --text '...'   # an untrained model, to try the sampler
+
+--workdir is one of our training run directories or a Hugging Face XLNet directory
+(`save_pretrained`: config.json, weights, tokenizer.json or spiece.model). XLNet's tokenizer folds
+whitespace runs and newlines; a --text it cannot keep is refused unless --allow_lossy_tokenization.
 """
 from __future__ import annotations
 
@@ -17,15 +21,16 @@ from typing import Any
 import jax
 from absl import flags
 
-from asarm_jax import checkpoint
 from asarm_jax import infilling
+from asarm_jax import loading
 from asarm_jax import masks
 from asarm_jax import sampling
 from asarm_jax.cli import common
 from asarm_jax.data import train_tokenizer
 from asarm_jax.model import ModelConfig, cast_for_inference, init_params
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory to load the model from.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory or Hugging Face XLNet "
+                                "directory to load the model from.")
 _RANDOM_MODEL = flags.DEFINE_bool("random_model", False,
                                   "Use an untrained small model instead of --workdir.")
 _TEXT = flags.DEFINE_string("text", None, "Text with [MASK] or [MASK*n] spans.")
@@ -58,6 +63,10 @@ _ADAPTIVE_ORDER = flags.DEFINE_bool(
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (also the random order's seed).")
 _BATCH = flags.DEFINE_integer("batch", 1, "Samples, drawn in one batched call.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object per sample.")
+_ALLOW_LOSSY_TOKENIZATION = flags.DEFINE_bool(
+    "allow_lossy_tokenization", False,
+    "Fill a --text whose visible parts the tokenizer cannot keep as they are (XLNet's folds "
+    "whitespace runs and newlines): the model then sees the folded text.")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
                            "Inference dtype of the weights and cache (default: as trained). "
                            "bfloat16 halves the memory and the bytes a forward reads; the samples "
@@ -132,9 +141,10 @@ def main():
     cfg, params, tokenizer = random_model(_SEED.value)
   else:
     try:
-      cfg, params, tokenizer = checkpoint.load_for_inference(_WORKDIR.value)
-    except FileNotFoundError as error:
+      model = loading.load(_WORKDIR.value)
+    except (FileNotFoundError, ValueError) as error:
       common.fail(f"--workdir {_WORKDIR.value}: {error}")
+    cfg, params, tokenizer = model.config, model.params, model.tokenizer
   if _DTYPE.value:
     cfg, params = cast_for_inference(cfg, params, _DTYPE.value)
   results = infilling.infill_many(
@@ -142,7 +152,8 @@ def main():
       order=_ORDER.value, order_seed=_SEED.value, method=_METHOD.value,
       draft_len=_DRAFT_LEN.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
       top_p=_TOP_P.value, drafter=_DRAFTER.value, r_atol=_R_ATOL.value,
-      draft_only_temperature=_DRAFT_ONLY_TEMPERATURE.value, adaptive_order=_ADAPTIVE_ORDER.value)
+      draft_only_temperature=_DRAFT_ONLY_TEMPERATURE.value, adaptive_order=_ADAPTIVE_ORDER.value,
+      allow_lossy_tokenization=_ALLOW_LOSSY_TOKENIZATION.value)
   lossy = sampling.is_lossy(_R_ATOL.value, _DRAFT_ONLY_TEMPERATURE.value)
   print("\n".join(format_results(results, as_json=_JSON.value, lossy=lossy)))
 

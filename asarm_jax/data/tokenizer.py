@@ -25,6 +25,19 @@ MASK_PIECE = "<mask>"
 _SPACE_MARK = "\u2581"  # '▁', SentencePiece's internal space
 
 
+def checked_ids(ids: Iterable[int], vocab_size: int) -> list[int]:
+  """`ids` as a list of ints.
+
+  Raises:
+    ValueError: an id outside [0, vocab_size).
+  """
+  ids = [int(i) for i in ids]
+  bad = [i for i in ids if not 0 <= i < vocab_size]
+  if bad:
+    raise ValueError(f"Token ids out of range [0, {vocab_size}): {bad[:5]}")
+  return ids
+
+
 class Tokenizer:
   """Text <-> ids with the fixed special ids of this module (see the module docstring)."""
 
@@ -87,10 +100,7 @@ class Tokenizer:
     Raises:
       ValueError: an id outside [0, vocab_size).
     """
-    ids = [int(i) for i in ids]
-    bad = [i for i in ids if not 0 <= i < self.vocab_size]
-    if bad:
-      raise ValueError(f"Token ids out of range [0, {self.vocab_size}): {bad[:5]}")
+    ids = checked_ids(ids, self.vocab_size)
     if mask_text is None:
       return self._sp.decode(ids)
     parts, start = [], 0
@@ -100,6 +110,16 @@ class Tokenizer:
         start = position + 1
     parts.append(self._sp.decode(ids[start:]))
     return mask_text.join(parts)
+
+  def decode_continuation(self, ids: Iterable[int]) -> str:
+    """`decode` of ids that follow other text; the same as `decode`, as pieces carry no implicit
+    spaces (XLNet's tokenizer differs here)."""
+    return self.decode(ids)
+
+  def lossy_reason(self, text: str) -> None:
+    """Always None: every text round-trips (XLNet's tokenizer names what it loses here)."""
+    del text  # nothing to check
+    return None
 
   def save(self, path: str | epath.PathLike) -> None:
     """Writes the model proto to `path` (local or any etils.epath file system)."""
