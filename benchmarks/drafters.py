@@ -25,6 +25,7 @@ import pathlib
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -167,12 +168,30 @@ def run_benchmark(*, workdir: str | None, random_model: bool, quick: bool, out: 
   rows += enumerable_rows(draft_len, seed)
   results = {"command": command, "model": model.description, "rows": rows,
              "seconds": time.perf_counter() - start}
-  path = pathlib.Path(out) if out else RESULTS_DIR / "drafters.json"
+  write_report(results, pathlib.Path(out) if out else RESULTS_DIR / "drafters.json", markdown)
+  return results
+
+
+def write_report(results: dict[str, Any], path: pathlib.Path,
+                 to_markdown: Callable[[dict[str, Any]], str]) -> None:
+  """Writes `results` to the JSON file `path` and its tables to the .md file beside it."""
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(results, indent=1))
-  path.with_suffix(".md").write_text(markdown(results))
+  path.with_suffix(".md").write_text(to_markdown(results))
   print(f"wrote {path} and {path.with_suffix('.md')} in {results['seconds']:.0f} s")
-  return results
+
+
+def define_common_flags(name: str, draft_len_help: str) -> None:
+  """--quick, --out, --draft_len and --seed of the drafters and orders benchmarks (`name`: the
+  results file's stem)."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+
+  flags.DEFINE_bool("quick", False, "Tiny random model, N=32: a smoke run.")
+  flags.DEFINE_string("out", None, f"JSON output (default benchmarks/results/{name}.json); the "
+                      ".md table is written next to it.")
+  flags.DEFINE_integer("draft_len", sampling.DEFAULT_DRAFT_LEN, draft_len_help)
+  flags.DEFINE_integer("seed", 0, "Seeds the hidden subsets, random models, orders and samplers.")
+  flags.register_validator("draft_len", lambda k: k >= 1, "must be >= 1")
 
 
 def main() -> None:
@@ -194,10 +213,5 @@ if __name__ == "__main__":
 
   _flags.DEFINE_string("workdir", None, "Training run directory of the model under test.")
   _flags.DEFINE_bool("random_model", False, "An untrained model of configs/default.py's sizes.")
-  _flags.DEFINE_bool("quick", False, "Tiny random model, N=32: a smoke run.")
-  _flags.DEFINE_string("out", None, "JSON output (default benchmarks/results/drafters.json); the "
-                       ".md table is written next to it.")
-  _flags.DEFINE_integer("draft_len", sampling.DEFAULT_DRAFT_LEN, "k of every speculative row.")
-  _flags.DEFINE_integer("seed", 0, "Seeds the hidden subsets, random models and samplers.")
-  _flags.register_validator("draft_len", lambda k: k >= 1, "must be >= 1")
+  define_common_flags("drafters", "k of every speculative row.")
   common.run(main, module_name=__name__, summary=__doc__)

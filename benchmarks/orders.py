@@ -28,7 +28,7 @@ from typing import Any
 
 import jax
 
-from asarm_jax import masks, sampling
+from asarm_jax import masks
 from asarm_jax.evals import heldout_loss
 from benchmarks import drafters
 from benchmarks import sampling as sampling_benchmark
@@ -158,11 +158,8 @@ def run_benchmark(runs: list[tuple[str, str | None]], *, quick: bool, out: str |
   results = {"command": command, "draft_len": draft_len,
              "length": measured[0]["speed"][0]["length"], "runs": measured,
              "seconds": time.perf_counter() - start, "jax": jax.__version__}
-  path = pathlib.Path(out) if out else RESULTS_DIR / "orders.json"
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(results, indent=1))
-  path.with_suffix(".md").write_text(markdown(results))
-  print(f"wrote {path} and {path.with_suffix('.md')} in {results['seconds']:.0f} s")
+  drafters.write_report(results, pathlib.Path(out) if out else RESULTS_DIR / "orders.json",
+                        markdown)
   return results
 
 
@@ -203,10 +200,5 @@ if __name__ == "__main__":
 
   _flags.DEFINE_multi_string("run", [], "LABEL=DIR: a trained run and the training order it is "
                              "labelled with (repeatable).")
-  _flags.DEFINE_bool("quick", False, "One tiny random model, N=32: a smoke run.")
-  _flags.DEFINE_string("out", None, "JSON output (default benchmarks/results/orders.json); the "
-                       ".md table is written next to it.")
-  _flags.DEFINE_integer("draft_len", sampling.DEFAULT_DRAFT_LEN, "k of the fused ASSD rows.")
-  _flags.DEFINE_integer("seed", 0, "Seeds the hidden subsets, random orders and samplers.")
-  _flags.register_validator("draft_len", lambda k: k >= 1, "must be >= 1")
+  drafters.define_common_flags("orders", "k of the fused ASSD rows.")
   common.run(main, module_name=__name__, summary=__doc__)

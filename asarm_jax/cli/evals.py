@@ -77,25 +77,20 @@ _NUM_SENTENCES = flags.DEFINE_integer(
     "num_sentences", 5, "story_infill: sentences per story; the middle one is hidden.")
 
 
-def _check_methods(methods: list[str]) -> bool:
-  unknown = [m for m in methods if m not in span_infill.METHODS]
-  if unknown or not methods:
-    raise flags.ValidationError(f"unknown method(s) {unknown}; choose from "
-                                f"{', '.join(span_infill.METHODS)} (comma-separated)")
-  return True
-
-
-def _check_orders(orders: list[str]) -> bool:
-  unknown = [o for o in orders if o not in masks.ORDERS]
-  if unknown or not orders:
-    raise flags.ValidationError(f"unknown order(s) {unknown}; choose from "
-                                f"{', '.join(masks.ORDERS)} (comma-separated)")
-  return True
+def _names_validator(what: str, allowed: tuple[str, ...]):
+  """A validator of a comma-separated list flag whose entries must be among `allowed`."""
+  def check(names: list[str]) -> bool:
+    unknown = [name for name in names if name not in allowed]
+    if unknown or not names:
+      raise flags.ValidationError(f"unknown {what}(s) {unknown}; choose from "
+                                  f"{', '.join(allowed)} (comma-separated)")
+    return True
+  return check
 
 
 # Checked while parsing the flags, before any model is loaded; the error names the flag.
-flags.register_validator("method", _check_methods)
-flags.register_validator("orders", _check_orders)
+flags.register_validator("method", _names_validator("method", span_infill.METHODS))
+flags.register_validator("orders", _names_validator("order", masks.ORDERS))
 common.register_fractions_validator("rates", closed=True)
 flags.register_validator("temperature", lambda t: t >= 0, "must be >= 0 (0 is greedy)")
 flags.register_validator("top_p", lambda p: 0 < p <= 1, "must be in (0, 1] (1 = off)")
