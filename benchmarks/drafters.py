@@ -5,7 +5,7 @@ python -m benchmarks.drafters --random_model             # untrained, configs/de
 python -m benchmarks.drafters --quick                    # tiny random model, N=32: a smoke run
 
 1. Drafters (exact): held-out stdlib text (benchmarks/sampling.py's problems), 50% and 90% hidden,
-   infill order (left to right), batch 1, temperature 1: NFE, tokens per round and tokens/s of
+   left-to-right order, batch 1, temperature 1: NFE, tokens per round and tokens/s of
    sequential decoding, ASSD with model drafts, ASSD with n-gram drafts and fused rounds (cache on,
    k = --draft_len), timed as the median of 3 runs after compilation, and NFE relative to
    sequential.
@@ -21,6 +21,7 @@ Writes benchmarks/results/drafters.{json,md} (or --out).
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import statistics
 import sys
@@ -132,7 +133,7 @@ def enumerable_rows(draft_len: int, seed: int) -> list[dict[str, Any]]:
 def markdown(results: dict[str, Any]) -> str:
   """The tables of the JSON results."""
   lines = [f"# Drafters and r_atol ({results['model']})", "", f"`{results['command']}`", "",
-           "## Drafters (exact), batch 1, infill order, T = 1", "",
+           "## Drafters (exact), batch 1, left-to-right order, T = 1", "",
            "| hidden | N | sampler | NFE | vs sequential | tokens/round | tokens/s |",
            "|---|---|---|---|---|---|---|"]
   for row in results["rows"]:
@@ -174,7 +175,9 @@ def run_benchmark(*, workdir: str | None, random_model: bool, quick: bool, out: 
 
 def write_report(results: dict[str, Any], path: pathlib.Path,
                  to_markdown: Callable[[dict[str, Any]], str]) -> None:
-  """Writes `results` to the JSON file `path` and its tables to the .md file beside it."""
+  """Writes `results` (with the machine's load average, which the timings depend on) to the JSON
+  file `path` and its tables to the .md file beside it."""
+  results["load_average_1_5_15_min"] = list(os.getloadavg())
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(results, indent=1))
   path.with_suffix(".md").write_text(to_markdown(results))
