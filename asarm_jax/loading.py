@@ -5,7 +5,8 @@
     asarm_jax.infill(model.params, model.config, model.tokenizer, text, jax.random.key(0))
 
 A directory holding run.json is a training run (`checkpoint.load_for_inference`: our SentencePiece
-tokenizer); else one holding config.json is a Hugging Face XLNet directory: config.json, the weights
+tokenizer, or XLNet's for a run fine-tuned from an HF XLNet directory); else one holding
+config.json is a Hugging Face XLNet directory: config.json, the weights
 (`convert_hf.load_hf_xlnet`) and XLNet's tokenizer (`xlnet_tokenizer.XLNetTokenizer`, from
 tokenizer.json or spiece.model). Loading only reads: nothing is written to the directory.
 """
@@ -84,8 +85,18 @@ def kind(directory: str | epath.PathLike) -> str | None:
   return HF_XLNET if (directory / HF_CONFIG).exists() else None
 
 
-def _load_hf_xlnet(directory: pathlib.Path) -> LoadedModel:
-  """An HF XLNet directory, checked (config, tokenizer, sizes) before the weights are read."""
+def read_hf_xlnet_config(path: str | pathlib.Path, *, max_len: int | None = None
+                         ) -> tuple[ModelConfig, XLNetTokenizer]:
+  """The ModelConfig and tokenizer of an HF XLNet directory, checked, without reading the weights.
+
+  Checks what `load` checks (an XLNet config.json we can reproduce, a tokenizer of the
+  embedding's size and mask id, weight files present); `max_len` as in
+  `convert_hf.load_hf_xlnet`.
+
+  Raises:
+    FileNotFoundError / ValueError: as `load`.
+  """
+  directory = pathlib.Path(path)
   config_path = directory / HF_CONFIG
   try:
     hf_config = json.loads(config_path.read_text(encoding="utf-8"))
@@ -105,5 +116,12 @@ def _load_hf_xlnet(directory: pathlib.Path) -> LoadedModel:
   if mask_id is not None and mask_id != tokenizer.mask_id:
     raise ValueError(f"{config_path} has mask_token_id {mask_id} but the tokenizer's <mask> is id "
                      f"{tokenizer.mask_id}")
+  convert_hf.find_directory_files(directory)  # the weights are there
+  return convert_hf.config_from_hf(hf_config, tokenizer.mask_id, max_len), tokenizer
+
+
+def _load_hf_xlnet(directory: pathlib.Path) -> LoadedModel:
+  """An HF XLNet directory, checked (config, tokenizer, sizes) before the weights are read."""
+  _, tokenizer = read_hf_xlnet_config(directory)
   cfg, params = convert_hf.load_hf_xlnet(directory, mask_token_id=tokenizer.mask_id)
   return LoadedModel(cfg, params, tokenizer, kind=HF_XLNET)

@@ -96,8 +96,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 32
   config.eval_rates = (0.5, 0.9)  # fixed masking rates evaluated besides the training range
 
-  # A run directory whose latest parameters (and tokenizer) start this run: fine-tuning. Its model
-  # config must equal config.model; the optimizer starts fresh.
+  # Fine-tuning: the parameters and tokenizer that start this run (the optimizer starts fresh), from
+  # one of our run directories (its latest checkpoint; its model config must equal config.model)
+  # or a Hugging Face XLNet directory (its weights and XLNet's tokenizer; its config.json must agree
+  # with config.model on the architecture: train_lib.HF_ARCHITECTURE).
   config.init_from = config_dict.placeholder(str)
 
   config.checkpoint_every_steps = 250
