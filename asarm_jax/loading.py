@@ -8,7 +8,8 @@ A directory holding run.json is a training run (`checkpoint.load_for_inference`:
 tokenizer, or XLNet's for a run fine-tuned from an HF XLNet directory); else one holding
 config.json is a Hugging Face XLNet directory: config.json, the weights
 (`convert_hf.load_hf_xlnet`) and XLNet's tokenizer (`xlnet_tokenizer.XLNetTokenizer`, from
-tokenizer.json or spiece.model). Loading only reads: nothing is written to the directory.
+tokenizer.json or spiece.model), or ours where the directory is the export of one of our runs
+(asarm_tokenizer.model: `hf_export`). Loading only reads: nothing is written to the directory.
 """
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ from asarm_jax.xlnet_tokenizer import XLNetTokenizer
 
 RUN, HF_XLNET = "run", "hf_xlnet"
 HF_CONFIG = "config.json"
+# Our SentencePiece tokenizer in an HF directory written by `hf_export.export_run` (a name that
+# transformers does not read: its XLNet tokenizer cannot give our ids).
+ASARM_TOKENIZER = "asarm_tokenizer.model"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +90,7 @@ def kind(directory: str | epath.PathLike) -> str | None:
 
 
 def read_hf_xlnet_config(path: str | pathlib.Path, *, max_len: int | None = None
-                         ) -> tuple[ModelConfig, XLNetTokenizer]:
+                         ) -> tuple[ModelConfig, Tokenizer | XLNetTokenizer]:
   """The ModelConfig and tokenizer of an HF XLNet directory, checked, without reading the weights.
 
   Checks what `load` checks (an XLNet config.json we can reproduce, a tokenizer of the
@@ -106,7 +110,8 @@ def read_hf_xlnet_config(path: str | pathlib.Path, *, max_len: int | None = None
   if model_type != "xlnet":
     raise ValueError(f"{config_path} has model_type {model_type!r}, not 'xlnet': only XLNet "
                      "checkpoints can be loaded")
-  tokenizer = XLNetTokenizer.from_directory(directory)
+  ours = directory / ASARM_TOKENIZER
+  tokenizer = Tokenizer.load(ours) if ours.is_file() else XLNetTokenizer.from_directory(directory)
   vocab_size = hf_config.get("vocab_size")
   if vocab_size != tokenizer.vocab_size:
     raise ValueError(f"the tokenizer in {directory} has {tokenizer.vocab_size} ids but the model's "

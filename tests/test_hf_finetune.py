@@ -1,8 +1,11 @@
-"""Fine-tuning from a Hugging Face XLNet directory.
+"""Fine-tuning from a Hugging Face XLNet directory and exporting runs back to transformers.
 
 A few steps of configs/xlnet_base_finetune.py (model section shrunk to the tiny checkpoint of
 `hf_xlnet_helpers`) start from the HF weights with XLNet's tokenizer; the run directory loads with
-`asarm_jax.load` and infills; a bad init_from is one clear error with nothing written.
+`asarm_jax.load` and infills; a bad init_from is one clear error with nothing written. Export: the
+fine-tuned run and a run with our SentencePiece tokenizer become HF directories that
+`XLNetLMHeadModel` loads with the same logits (and `AutoTokenizer` with the same ids, for XLNet's
+tokenizer), and that `asarm_jax.load` reads back with equal parameters.
 """
 import json
 import os
@@ -22,10 +25,12 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
 import asarm_jax  # noqa: E402
-from asarm_jax import checkpoint, train_lib  # noqa: E402
+from asarm_jax import checkpoint, hf_export, train_lib  # noqa: E402
+from asarm_jax.data import Tokenizer, train_tokenizer  # noqa: E402
 from asarm_jax.model import ModelConfig  # noqa: E402
 from asarm_jax.xlnet_tokenizer import XLNetTokenizer  # noqa: E402
 import hf_xlnet_helpers  # noqa: E402
+from test_convert_hf import TOLERANCE, _max_diff, _random_params  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FINETUNE_CONFIG = ROOT / "configs" / "xlnet_base_finetune.py"
@@ -165,14 +170,77 @@ def _one_error_line(process: subprocess.Popen) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# The command lines: train.py's one-line error and sample.py on the run.
+# Export.
+
+
+def test_export_of_a_finetuned_run_round_trips_through_transformers(finetuned, tmp_path):
+  out = tmp_path / "exported"
+  model = hf_export.export_run(finetuned, out)
+  assert not (out / "asarm_tokenizer.model").exists()
+  theirs = transformers.XLNetLMHeadModel.from_pretrained(out).eval()
+  for seed, num_prompt in [(0, 1), (1, 4)]:
+    assert _max_diff(model.config, model.params, theirs, seed, num_prompt) <= TOLERANCE
+  tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+  for text in TEXTS:
+    assert tokenizer(text, add_special_tokens=False)["input_ids"] == model.tokenizer.encode(text)
+  back = asarm_jax.load(out)
+  assert (back.kind, back.config) == ("hf_xlnet", model.config)
+  for a, b in zip(jax.tree.leaves(back.params), jax.tree.leaves(model.params)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_export_of_a_run_with_our_tokenizer_is_weights_and_our_tokenizer(tmp_path):
+  tokenizer = train_tokenizer([hf_xlnet_helpers.training_text()], vocab_size=400)
+  cfg = ModelConfig(vocab_size=tokenizer.vocab_size, mask_token_id=tokenizer.mask_id, max_len=32,
+                    **TINY_MODEL)
+  params = _random_params(cfg, seed=0)
+  hf_xlnet_helpers.write_run_dir(tmp_path / "run", cfg, params, tokenizer)
+  out = tmp_path / "exported"
+  hf_export.export_run(tmp_path / "run", out)
+  assert not any((out / name).exists() for name in ("spiece.model", "tokenizer.json"))
+  theirs = transformers.XLNetLMHeadModel.from_pretrained(out).eval()
+  assert _max_diff(cfg, params, theirs, seed=0, num_prompt=3) <= TOLERANCE
+  back = asarm_jax.load(out)
+  assert (back.kind, back.config) == ("hf_xlnet", cfg)
+  assert isinstance(back.tokenizer, Tokenizer)
+  assert back.tokenizer.model_proto == tokenizer.model_proto
+  for a, b in zip(jax.tree.leaves(back.params), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("what", ["file", "non_empty_directory"])
+def test_export_never_overwrites(what, finetuned, tmp_path):
+  out = tmp_path / "exported"
+  if what == "file":
+    out.write_text("keep me")
+  else:
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+  before = hf_xlnet_helpers.snapshot(tmp_path)
+  with pytest.raises(FileExistsError, match=r"exported exists and is not an empty directory"):
+    hf_export.export_run(finetuned, out)
+  assert hf_xlnet_helpers.snapshot(tmp_path) == before
+
+
+def test_export_refuses_what_is_not_a_run(hf, tmp_path):
+  with pytest.raises(FileNotFoundError, match=r"is not a training run directory \(no run\.json\)"):
+    hf_export.export_run(hf.dirs["json"], tmp_path / "out")
+  with pytest.raises(FileNotFoundError, match=r"nowhere does not exist"):
+    hf_export.export_run(tmp_path / "nowhere", tmp_path / "out")
+  assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# The command lines: train.py's one-line error, sample.py and the export CLI on the run.
 
 
 def test_command_lines_on_a_finetuned_run(hf, finetuned, tmp_path):
+  out = tmp_path / "exported"
   mismatch = _run("train.py", "--config", str(FINETUNE_CONFIG),
                   f"--config.init_from={hf.dirs['json']}", "--workdir", str(tmp_path / "never"))
   sample = _run("sample.py", "--workdir", str(finetuned), "--text", "The cat [MASK*2] sat.",
                 "--json")
+  export = _run("-m", "asarm_jax.cli.export", "--workdir", str(finetuned), "--out", str(out))
   line = _one_error_line(mismatch)
   assert re.match(r"error: init_from=.* has a different model: model\.d_head: 8 in its "
                   r"config\.json, 64 here", line), line
@@ -181,3 +249,9 @@ def test_command_lines_on_a_finetuned_run(hf, finetuned, tmp_path):
   assert sample.returncode == 0, stderr[-3000:]
   result = json.loads(stdout.strip().splitlines()[-1])
   assert result["num_generated"] == 2 and result["text"].startswith("The cat ")
+  stdout, stderr = export.communicate(timeout=150)
+  assert export.returncode == 0, stderr[-3000:]
+  assert f"Wrote {out}" in stdout and (out / "tokenizer.json").is_file()
+  again = _run("-m", "asarm_jax.cli.export", "--workdir", str(finetuned), "--out", str(out))
+  assert re.match(r"error: .*exported exists and is not an empty directory",
+                  _one_error_line(again))
