@@ -440,8 +440,8 @@ def evaluate(trainer: Trainer, params: Any, batches: list[dict[str, np.ndarray]]
 
 def _get_tokenizer(run: run_config.RunConfig, workdir: epath.Path
                    ) -> data_lib.Tokenizer | XLNetTokenizer:
-  """The run's tokenizer: the workdir's (resume), init_from's (XLNet's for an HF XLNet directory),
-  the configured file, or trained now."""
+  """The run's tokenizer: the workdir's (resume), init_from's (XLNet's for an HF XLNet directory,
+  ours for the export of one of our runs), the configured file, or trained now."""
   if (workdir / checkpoint_lib.RUN_FILE).exists():
     return checkpoint_lib.load_tokenizer(workdir)
   saved = workdir / checkpoint_lib.TOKENIZER_FILE
@@ -456,8 +456,8 @@ def _get_tokenizer(run: run_config.RunConfig, workdir: epath.Path
   if jax.process_index() == 0:
     start = time.perf_counter()
     texts = data_lib.load_texts(run.data.source, run.data.train_split,
-                                text_key=run.data.text_key, data_dir=run.data.data_dir,
-                                max_documents=run.data.max_documents)
+                                max_documents=run.data.max_documents,
+                                **run.data.source_options())
     tokenizer = data_lib.train_tokenizer(texts, run.data.vocab_size,
                                          max_chars=run.data.tokenizer_max_chars, seed=run.seed)
     tokenizer.save(saved)
@@ -513,8 +513,8 @@ def _check_same_model(source: str, theirs: dict[str, Any], ours: dict[str, Any],
 
 
 def _data_kwargs(run: run_config.RunConfig, shard_index: int, shard_count: int) -> dict[str, Any]:
-  return dict(process_index=shard_index, process_count=shard_count, text_key=run.data.text_key,
-              data_dir=run.data.data_dir, max_documents=run.data.max_documents,
+  return dict(process_index=shard_index, process_count=shard_count,
+              max_documents=run.data.max_documents, **run.data.source_options(),
               read_options=grain.ReadOptions(
                   num_threads=run.data.read_threads, prefetch_buffer_size=16))
 
@@ -543,8 +543,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = sharding_lib.make_mesh(run.mesh_shape)
   check_mesh(run, mesh)
   for split in (run.data.train_split, run.data.eval_split):
-    data_lib.open_source(run.data.source, split, text_key=run.data.text_key,
-                         data_dir=run.data.data_dir)
+    data_lib.open_source(run.data.source, split, **run.data.source_options())
   if run.data.tokenizer_path and not epath.Path(run.data.tokenizer_path).is_file():
     raise FileNotFoundError(f"Tokenizer model not found: {run.data.tokenizer_path} "
                             "(data.tokenizer_path)")

@@ -44,11 +44,15 @@ def get_config() -> ml_collections.ConfigDict:
   ))
 
   config.data = ml_collections.ConfigDict(dict(
-      source="stdlib",  # or 'tfds:<name>' (prepared as array_record; nothing is downloaded)
+      # or 'tfds:<name>' (prepared as array_record; nothing is downloaded), or 'files:<dir>' (a
+      # folder of text or code files, split by path hash: asarm_jax/data/files_source.py)
+      source="stdlib",
       train_split="train",
       eval_split="validation",
       text_key="text",
       data_dir=config_dict.placeholder(str),
+      file_glob="**/*",  # files: which files (hidden paths and binary files are left out)
+      max_bytes=1_000_000,  # files: files larger than this are left out
       max_documents=config_dict.placeholder(int),
       tokenizer_path=config_dict.placeholder(str),  # None: train a tokenizer at the start
       vocab_size=4096,

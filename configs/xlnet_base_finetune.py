@@ -1,7 +1,7 @@
 """Fine-tuning Hugging Face's xlnet-base-cased with the any-order objective: the paper's recipe.
 
 python train.py --config configs/xlnet_base_finetune.py --config.init_from=xlnet-base-cased/ \
-    --workdir runs/xlnet_base_ft [--config.data.source=tfds:<name> --config.data.data_dir=DIR]
+    --workdir runs/xlnet_base_ft [--config.data.source=files:my_code/ ...]
 python train.py --config configs/xlnet_base_finetune.py:code ...   # the code-infilling rates
 
 `init_from` must be an XLNet `save_pretrained` directory (config.json, weights, tokenizer.json or
@@ -26,15 +26,16 @@ The numbers. From the paper (arXiv 2504.20456) and its code:
   masking warm-up  the paper uses 2,500 to 5,000 steps; here 2,500 for code (as its code
                 infilling setting) and 5,000 for text and story (our pick within its range).
   batch         the paper's effective batches are 32 to 256 sequences; here 64 (8 accumulation
-                steps of 8), as configs/xlnet_base.py.
+                steps of 8). The sizes, batch, logging and checkpoint cadence are
+                configs/xlnet_base.py's, which this config starts from.
 Our choices, not given by the paper: 1,000 learning-rate warm-up steps, 20,000 steps in all
 (64 x 512 x 20,000 = 655M tokens), weight decay 0.01 on matrices and
 embeddings, Adam b2 0.999 and eps 1e-8 (torch's AdamW defaults), dropout 0.1 (XLNet's own), bfloat16
 compute on float32 master weights, held-out loss also at fixed masking rates 0.5 and 0.95 (the
 paper's WikiText evaluation hides 95%).
 
-Data: any source of train.py (`data.source`: 'stdlib', or 'tfds:<name>' prepared in
-data.data_dir). XLNet's tokenizer folds whitespace runs and
+Data: any source of train.py (`data.source`: 'stdlib', 'tfds:<name>' prepared in data.data_dir,
+or 'files:<dir>' for a folder of text or code files). XLNet's tokenizer folds whitespace runs and
 newlines into single spaces, so code is trained on without its layout.
 """
 import os
@@ -42,7 +43,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import default  # noqa: E402  (configs/default.py)
+import xlnet_base  # noqa: E402  (configs/xlnet_base.py: the sizes, batch and schedule shape)
 
 # domain -> (start rate, min rate, max rate, masking warm-up steps)
 MASKING = {
@@ -57,25 +58,10 @@ def get_config(domain: str = "text"):
     raise ValueError(f"unknown domain {domain!r} (configs/xlnet_base_finetune.py:<domain>); "
                      f"expected one of {sorted(MASKING)}")
   start_rate, min_rate, max_rate, masking_warmup = MASKING[domain]
-  config = default.get_config()
-  config.model.update(d_model=768, n_layers=12, n_heads=12, d_head=64, d_inner=3072,
-                      ff_activation="gelu", layer_norm_eps=1e-12, dropout=0.1, max_len=512,
-                      dtype="bfloat16", param_dtype="float32")
+  config = xlnet_base.get_config()  # xlnet-base-cased's sizes, seq 512, batch 64 = 8 x 8
   config.objective.update(min_rate=min_rate, max_rate=max_rate, start_rate=start_rate,
-                          warmup_steps=masking_warmup, stratified=True,
-                          hidden_order="left_to_right")
-  config.optimizer.update(learning_rate=1e-5, lr_scaling_batch=0, warmup_steps=1000,
-                          decay="linear", end_lr_factor=0.0, weight_decay=0.01, b1=0.9,
-                          b2=0.999, eps=1e-8, grad_clip_norm=1.0)
-  config.seq_len = 512
-  config.batch_size = 64
-  config.grad_accum_steps = 8
+                          warmup_steps=masking_warmup)
+  config.optimizer.update(learning_rate=1e-5, lr_scaling_batch=0, warmup_steps=1000, eps=1e-8)
   config.num_train_steps = 20_000
-  config.log_every_steps = 100
-  config.eval_every_steps = 2000
-  config.num_eval_batches = 50
-  config.eval_batch_size = 64
   config.eval_rates = (0.5, 0.95)
-  config.checkpoint_every_steps = 2000
-  config.keep_checkpoints = 3
   return config
