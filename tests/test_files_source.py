@@ -1,4 +1,4 @@
-"""The 'files:<dir>' data source: which files, the deterministic split, the config fields, errors."""
+"""The 'files:<dir>' data source: which files, the deterministic split, config fields, errors."""
 import os
 import pathlib
 import re
