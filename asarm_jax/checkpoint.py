@@ -2,8 +2,11 @@
 
 Layout of a workdir:
   run.json          format version, the run's identity (what a resumed run must match), the
-                    ModelConfig (`ModelConfig.to_dict()`) and the full training config
-  tokenizer.model   the SentencePiece tokenizer (`Tokenizer.save`)
+                    ModelConfig (`ModelConfig.to_dict()`), the full training config and the
+                    tokenizer's kind ('sentencepiece' when absent: runs written before it existed)
+  tokenizer.model   kind 'sentencepiece': our SentencePiece tokenizer (`Tokenizer.save`)
+  xlnet_tokenizer/  kind 'xlnet' (a run fine-tuned from a Hugging Face XLNet directory): XLNet's
+                    tokenizer files as transformers wrote them (`XLNetTokenizer.save`)
   checkpoints/<step>/
     params/         the model parameters (float32 master weights)
     train/          {'step', 'rng', 'opt_state'}
@@ -31,9 +34,12 @@ from etils import epath
 
 from asarm_jax.data.tokenizer import Tokenizer
 from asarm_jax.model import ModelConfig, init_params
+from asarm_jax.xlnet_tokenizer import XLNetTokenizer
 
 RUN_FILE = "run.json"
 TOKENIZER_FILE = "tokenizer.model"
+XLNET_TOKENIZER_DIR = "xlnet_tokenizer"
+SENTENCEPIECE, XLNET = "sentencepiece", "xlnet"  # run.json's "tokenizer": the tokenizer's kind
 CHECKPOINT_DIR = "checkpoints"
 BAD_CHECKPOINT_DIR = "bad_checkpoints"  # unreadable checkpoints are moved here, out of the way
 _DATA_STATE_FILE = re.compile(r"process_(\d+)-of-(\d+)\.json")  # grain's name for a process's state
@@ -85,14 +91,37 @@ def check_compatible(workdir: str | epath.PathLike, identity: dict[str, Any]):
 
 
 def write_run(workdir: str | epath.PathLike, *, identity: dict[str, Any], model_cfg: ModelConfig,
-              config: dict[str, Any], tokenizer: Tokenizer):
-  """Writes run.json and tokenizer.model (call from one process only)."""
+              config: dict[str, Any], tokenizer: Tokenizer | XLNetTokenizer):
+  """Writes run.json and the tokenizer: tokenizer.model, or xlnet_tokenizer/ for XLNet's (call
+  from one process only)."""
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  tokenizer.save(workdir / TOKENIZER_FILE)
+  if isinstance(tokenizer, XLNetTokenizer):
+    kind = XLNET
+    tokenizer.save(workdir / XLNET_TOKENIZER_DIR)
+  else:
+    kind = SENTENCEPIECE
+    tokenizer.save(workdir / TOKENIZER_FILE)
   record = {"format": FORMAT_VERSION, "identity": _canonical(identity),
-            "model": model_cfg.to_dict(), "config": _canonical(config)}
+            "model": model_cfg.to_dict(), "config": _canonical(config), "tokenizer": kind}
   (workdir / RUN_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
+
+
+def load_tokenizer(workdir: str | epath.PathLike) -> Tokenizer | XLNetTokenizer:
+  """The tokenizer of the run in `workdir`, of the kind its run.json names.
+
+  Raises:
+    FileNotFoundError: no run.json, or no tokenizer file of that kind (named).
+    ValueError: an unknown tokenizer kind in run.json, or a tokenizer file that does not read.
+  """
+  workdir = epath.Path(workdir)
+  kind = read_run(workdir).get("tokenizer", SENTENCEPIECE)
+  if kind == SENTENCEPIECE:
+    return Tokenizer.load(workdir / TOKENIZER_FILE)
+  if kind == XLNET:
+    return XLNetTokenizer.from_directory(workdir / XLNET_TOKENIZER_DIR)
+  raise ValueError(f"{workdir / RUN_FILE} names the tokenizer kind {kind!r}; expected "
+                   f"{SENTENCEPIECE!r} or {XLNET!r}")
 
 
 def _absolute(path: epath.Path) -> epath.Path:
@@ -282,7 +311,7 @@ class Checkpointer:
 
 
 def load_for_inference(workdir: str | epath.PathLike, step: int | None = None
-                       ) -> tuple[ModelConfig, Any, Tokenizer]:
+                       ) -> tuple[ModelConfig, Any, Tokenizer | XLNetTokenizer]:
   """Loads a trained model from a run directory: (ModelConfig, params, Tokenizer).
 
   Args:
@@ -290,7 +319,8 @@ def load_for_inference(workdir: str | epath.PathLike, step: int | None = None
     step: which checkpoint; None for the latest.
 
   Returns:
-    The model config, its float32 parameters (on the default device) and the tokenizer.
+    The model config, its float32 parameters (on the default device) and the tokenizer (ours, or
+    XLNet's for a run fine-tuned from a Hugging Face XLNet directory: `load_tokenizer`).
 
   Raises:
     FileNotFoundError: no run.json, no tokenizer or no checkpoint in `workdir` (named).
@@ -298,7 +328,7 @@ def load_for_inference(workdir: str | epath.PathLike, step: int | None = None
   workdir = epath.Path(workdir)
   run = read_run(workdir)
   model_cfg = ModelConfig.from_dict(run["model"])
-  tokenizer = Tokenizer.load(workdir / TOKENIZER_FILE)
+  tokenizer = load_tokenizer(workdir)
   if latest_step(workdir) is None:
     raise FileNotFoundError(f"no checkpoint found in {workdir / CHECKPOINT_DIR}")
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])

@@ -136,7 +136,7 @@ def load_hf_xlnet(model_or_dir: Any, *, mask_token_id: int | None = None,
   """
   if isinstance(model_or_dir, (str, os.PathLike)):
     directory = pathlib.Path(model_or_dir)
-    hf_config, files = _find_directory_files(directory)
+    hf_config, files = find_directory_files(directory)
   elif hasattr(model_or_dir, "state_dict") and hasattr(model_or_dir, "config"):
     directory, files = None, []
     hf_config = model_or_dir.config.to_dict()
@@ -146,7 +146,7 @@ def load_hf_xlnet(model_or_dir: Any, *, mask_token_id: int | None = None,
   if mask_token_id is None:
     mask_token_id = _default_mask_token_id(hf_config, directory)
   # The config is checked before any weight is read.
-  cfg = _config_from_hf(hf_config, mask_token_id, max_len)
+  cfg = config_from_hf(hf_config, mask_token_id, max_len)
   tensors = (_numpy_state(model_or_dir.state_dict()) if directory is None
              else _read_weights(files))
   return cfg, _params_from_hf(cfg, tensors)
@@ -217,8 +217,13 @@ def _numpy_state(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
   return {name: value.detach().cpu().float().numpy() for name, value in state.items()}
 
 
-def _find_directory_files(directory: pathlib.Path) -> tuple[dict, list[pathlib.Path]]:
-  """The config dict of a `save_pretrained` directory and its safetensors files (not read yet)."""
+def find_directory_files(directory: pathlib.Path) -> tuple[dict, list[pathlib.Path]]:
+  """The config dict of a `save_pretrained` directory and its weight files (not read yet).
+
+  Raises:
+    FileNotFoundError: not a directory, or no config.json or weight files in it.
+    ValueError: config.json is not valid JSON.
+  """
   if not directory.is_dir():
     raise FileNotFoundError(f"{directory} is not a directory: load_hf_xlnet expects a "
                             "save_pretrained directory (config.json + model.safetensors)")
@@ -274,8 +279,9 @@ def _default_mask_token_id(hf_config: Mapping, directory: pathlib.Path | None) -
                    "load_hf_xlnet(..., mask_token_id=...)")
 
 
-def _config_from_hf(hf: Mapping, mask_token_id: int, max_len: int | None) -> ModelConfig:
-  """Our ModelConfig from an XLNetConfig dict, rejecting settings we cannot reproduce."""
+def config_from_hf(hf: Mapping, mask_token_id: int, max_len: int | None = None) -> ModelConfig:
+  """Our ModelConfig from an XLNetConfig dict, rejecting settings we cannot reproduce (ValueError
+  naming the setting); `max_len` as in `load_hf_xlnet`."""
   def require(key):
     if hf.get(key) is None:
       raise ValueError(f"the HF config has no {key!r}")

@@ -5,9 +5,11 @@
     asarm_jax.infill(model.params, model.config, model.tokenizer, text, jax.random.key(0))
 
 A directory holding run.json is a training run (`checkpoint.load_for_inference`: our SentencePiece
-tokenizer); else one holding config.json is a Hugging Face XLNet directory: config.json, the weights
+tokenizer, or XLNet's for a run fine-tuned from an HF XLNet directory); else one holding
+config.json is a Hugging Face XLNet directory: config.json, the weights
 (`convert_hf.load_hf_xlnet`) and XLNet's tokenizer (`xlnet_tokenizer.XLNetTokenizer`, from
-tokenizer.json or spiece.model). Loading only reads: nothing is written to the directory.
+tokenizer.json or spiece.model), or ours where the directory is the export of one of our runs
+(asarm_tokenizer.model: `hf_export`). Loading only reads: nothing is written to the directory.
 """
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ from asarm_jax.xlnet_tokenizer import XLNetTokenizer
 
 RUN, HF_XLNET = "run", "hf_xlnet"
 HF_CONFIG = "config.json"
+# Our SentencePiece tokenizer in an HF directory written by `hf_export.export_run` (a name that
+# transformers does not read: its XLNet tokenizer cannot give our ids).
+ASARM_TOKENIZER = "asarm_tokenizer.model"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,8 +89,18 @@ def kind(directory: str | epath.PathLike) -> str | None:
   return HF_XLNET if (directory / HF_CONFIG).exists() else None
 
 
-def _load_hf_xlnet(directory: pathlib.Path) -> LoadedModel:
-  """An HF XLNet directory, checked (config, tokenizer, sizes) before the weights are read."""
+def read_hf_xlnet_config(path: str | pathlib.Path, *, max_len: int | None = None
+                         ) -> tuple[ModelConfig, Tokenizer | XLNetTokenizer]:
+  """The ModelConfig and tokenizer of an HF XLNet directory, checked, without reading the weights.
+
+  Checks what `load` checks (an XLNet config.json we can reproduce, a tokenizer of the
+  embedding's size and mask id, weight files present); `max_len` as in
+  `convert_hf.load_hf_xlnet`.
+
+  Raises:
+    FileNotFoundError / ValueError: as `load`.
+  """
+  directory = pathlib.Path(path)
   config_path = directory / HF_CONFIG
   try:
     hf_config = json.loads(config_path.read_text(encoding="utf-8"))
@@ -95,7 +110,8 @@ def _load_hf_xlnet(directory: pathlib.Path) -> LoadedModel:
   if model_type != "xlnet":
     raise ValueError(f"{config_path} has model_type {model_type!r}, not 'xlnet': only XLNet "
                      "checkpoints can be loaded")
-  tokenizer = XLNetTokenizer.from_directory(directory)
+  ours = directory / ASARM_TOKENIZER
+  tokenizer = Tokenizer.load(ours) if ours.is_file() else XLNetTokenizer.from_directory(directory)
   vocab_size = hf_config.get("vocab_size")
   if vocab_size != tokenizer.vocab_size:
     raise ValueError(f"the tokenizer in {directory} has {tokenizer.vocab_size} ids but the model's "
@@ -105,5 +121,12 @@ def _load_hf_xlnet(directory: pathlib.Path) -> LoadedModel:
   if mask_id is not None and mask_id != tokenizer.mask_id:
     raise ValueError(f"{config_path} has mask_token_id {mask_id} but the tokenizer's <mask> is id "
                      f"{tokenizer.mask_id}")
+  convert_hf.find_directory_files(directory)  # the weights are there
+  return convert_hf.config_from_hf(hf_config, tokenizer.mask_id, max_len), tokenizer
+
+
+def _load_hf_xlnet(directory: pathlib.Path) -> LoadedModel:
+  """An HF XLNet directory, checked (config, tokenizer, sizes) before the weights are read."""
+  _, tokenizer = read_hf_xlnet_config(directory)
   cfg, params = convert_hf.load_hf_xlnet(directory, mask_token_id=tokenizer.mask_id)
   return LoadedModel(cfg, params, tokenizer, kind=HF_XLNET)

@@ -14,6 +14,7 @@ from typing import Any
 import ml_collections
 
 from asarm_jax import config_util
+from asarm_jax.data import files_source
 from asarm_jax.model import ModelConfig
 from asarm_jax.objective import MaskingConfig
 
@@ -66,9 +67,11 @@ class DataConfig:
   """Where documents come from and how the tokenizer is made.
 
   Attributes:
-    source: 'stdlib' or 'tfds:<name>' (see asarm_jax.data.sources).
-    train_split, eval_split: split names of the source.
+    source: 'stdlib', 'tfds:<name>' or 'files:<dir>' (see asarm_jax.data.sources).
+    train_split, eval_split: split names of the source ('train' and 'validation' for files).
     text_key, data_dir: TFDS feature holding the text, TFDS data directory (None: default).
+    file_glob, max_bytes: a 'files:<dir>' source reads the files matching this glob, leaving out
+      those larger than max_bytes (asarm_jax.data.files_source).
     max_documents: use only the first documents of each split (None: all).
     tokenizer_path: an existing tokenizer.model to use; None trains one at the start of the run.
     vocab_size: target vocabulary size of a trained tokenizer.
@@ -80,11 +83,18 @@ class DataConfig:
   eval_split: str = "validation"
   text_key: str = "text"
   data_dir: str | None = None
+  file_glob: str = files_source.DEFAULT_GLOB
+  max_bytes: int = files_source.DEFAULT_MAX_BYTES
   max_documents: int | None = None
   tokenizer_path: str | None = None
   vocab_size: int = 8192
   tokenizer_max_chars: int = 10_000_000
   read_threads: int = 2
+
+  def source_options(self) -> dict[str, Any]:
+    """The keyword arguments of `asarm_jax.data.open_source` that this config sets."""
+    return dict(text_key=self.text_key, data_dir=self.data_dir, file_glob=self.file_glob,
+                max_bytes=self.max_bytes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,12 +138,14 @@ class RunConfig:
     """What a resumed run must share with the run in its workdir: the architecture, the tokenizer
     and the sequence length."""
     data = self.data
-    return {"model": dict(self.model), "seq_len": self.seq_len,
-            "tokenizer": {"source": data.source, "train_split": data.train_split,
-                          "text_key": data.text_key, "max_documents": data.max_documents,
-                          "tokenizer_path": data.tokenizer_path, "vocab_size": data.vocab_size,
-                          "tokenizer_max_chars": data.tokenizer_max_chars, "seed": self.seed,
-                          "init_from": self.init_from}}
+    tokenizer = {"source": data.source, "train_split": data.train_split,
+                 "text_key": data.text_key, "max_documents": data.max_documents,
+                 "tokenizer_path": data.tokenizer_path, "vocab_size": data.vocab_size,
+                 "tokenizer_max_chars": data.tokenizer_max_chars, "seed": self.seed,
+                 "init_from": self.init_from}
+    if data.source.startswith(files_source.FILES_PREFIX):  # (runs of other sources predate these)
+      tokenizer.update(file_glob=data.file_glob, max_bytes=data.max_bytes)
+    return {"model": dict(self.model), "seq_len": self.seq_len, "tokenizer": tokenizer}
 
 
 def parse(config: ml_collections.ConfigDict) -> RunConfig:

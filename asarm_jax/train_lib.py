@@ -28,13 +28,20 @@ from jax.experimental import multihost_utils
 
 from asarm_jax import backend
 from asarm_jax import checkpoint as checkpoint_lib
+from asarm_jax import convert_hf
 from asarm_jax import data as data_lib
+from asarm_jax import loading
 from asarm_jax import metrics as metrics_lib
 from asarm_jax import objective
 from asarm_jax import run_config
 from asarm_jax import sharding as sharding_lib
 from asarm_jax.model import ModelConfig, init_params, param_logical_axes
+from asarm_jax.xlnet_tokenizer import XLNetTokenizer
 
+# What an HF XLNet directory's config.json fixes and init_from's config must repeat; dropout,
+# max_len, dtypes and the initializer range stay the training config's choices.
+HF_ARCHITECTURE = ["d_model", "n_layers", "n_heads", "d_head", "d_inner", "ff_activation",
+                   "layer_norm_eps"]
 _NO_DECAY = ("bias", "scale", "r_w_bias", "r_r_bias", "mask_emb", "lm_bias")
 
 
@@ -357,13 +364,24 @@ class Trainer:
   def init_from_checkpoint(self, seed: int, run_dir: str) -> TrainState:
     """A fresh state (step 0, new optimizer state) whose parameters are the latest ones of the
     run in `run_dir`, restored straight into this mesh's shardings."""
-    abstract = self.abstract_state().params
     checkpointer = checkpoint_lib.Checkpointer(run_dir, read_only=True, async_save=False)
     try:
-      params = checkpointer.restore_params(abstract)
+      params = checkpointer.restore_params(self.abstract_state().params)
     finally:
       checkpointer.close()
+    return self._fresh_state(seed, params)
 
+  def init_from_hf_xlnet(self, seed: int, hf_dir: str) -> TrainState:
+    """A fresh state whose parameters are the weights of the Hugging Face XLNet directory
+    `hf_dir` (read on the host, then laid out in this mesh's shardings)."""
+    abstract = self.abstract_state().params
+    _, params = convert_hf.load_hf_xlnet(hf_dir, mask_token_id=self.model_cfg.mask_token_id,
+                                         max_len=self.model_cfg.max_len)
+    params = jax.tree.map(lambda x, a: np.asarray(x, a.dtype), params, abstract)
+    return self._fresh_state(seed, jax.device_put(params, self.state_shardings.params))
+
+  def _fresh_state(self, seed: int, params: Any) -> TrainState:
+    """Step 0, a new optimizer state and the run's key, around given parameters."""
     def fresh(params, rng):
       return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                         opt_state=self.tx.init(params), rng=jax.random.key_data(rng))
@@ -420,21 +438,26 @@ def evaluate(trainer: Trainer, params: Any, batches: list[dict[str, np.ndarray]]
   return results
 
 
-def _get_tokenizer(run: run_config.RunConfig, workdir: epath.Path) -> data_lib.Tokenizer:
-  """The run's tokenizer: the workdir's (resume), init_from's, the configured file, or trained
-  now."""
+def _get_tokenizer(run: run_config.RunConfig, workdir: epath.Path
+                   ) -> data_lib.Tokenizer | XLNetTokenizer:
+  """The run's tokenizer: the workdir's (resume), init_from's (XLNet's for an HF XLNet directory,
+  ours for the export of one of our runs), the configured file, or trained now."""
+  if (workdir / checkpoint_lib.RUN_FILE).exists():
+    return checkpoint_lib.load_tokenizer(workdir)
   saved = workdir / checkpoint_lib.TOKENIZER_FILE
-  if saved.exists():
+  if saved.exists():  # trained by an earlier start that stopped before writing run.json
     return data_lib.Tokenizer.load(saved)
   if run.init_from:
-    return data_lib.Tokenizer.load(epath.Path(run.init_from) / checkpoint_lib.TOKENIZER_FILE)
+    if loading.kind(run.init_from) == loading.HF_XLNET:
+      return loading.read_hf_xlnet_config(run.init_from)[1]
+    return checkpoint_lib.load_tokenizer(run.init_from)
   if run.data.tokenizer_path:
     return data_lib.Tokenizer.load(run.data.tokenizer_path)
   if jax.process_index() == 0:
     start = time.perf_counter()
     texts = data_lib.load_texts(run.data.source, run.data.train_split,
-                                text_key=run.data.text_key, data_dir=run.data.data_dir,
-                                max_documents=run.data.max_documents)
+                                max_documents=run.data.max_documents,
+                                **run.data.source_options())
     tokenizer = data_lib.train_tokenizer(texts, run.data.vocab_size,
                                          max_chars=run.data.tokenizer_max_chars, seed=run.seed)
     tokenizer.save(saved)
@@ -445,16 +468,34 @@ def _get_tokenizer(run: run_config.RunConfig, workdir: epath.Path) -> data_lib.T
 
 
 def _check_init_from(run: run_config.RunConfig):
-  """Raises unless `run.init_from` is a run directory with a checkpoint of the same architecture."""
-  source = checkpoint_lib.read_run(run.init_from)  # FileNotFoundError if not a run directory
-  theirs = {k: v for k, v in source["model"].items() if k not in ("vocab_size", "mask_token_id")}
-  ours = run.model_config(source["model"]["vocab_size"], source["model"]["mask_token_id"])
-  ours = {k: v for k, v in ours.to_dict().items() if k not in ("vocab_size", "mask_token_id")}
-  differences = sorted(k for k in ours if ours[k] != theirs.get(k))
-  if differences:
-    raise ValueError(f"init_from={run.init_from} has a different model: " + ", ".join(
-        f"model.{k}: {theirs.get(k)!r} there, {ours[k]!r} here" for k in differences))
-  checkpointer = checkpoint_lib.Checkpointer(run.init_from, read_only=True, async_save=False)
+  """Raises unless `run.init_from` is a run directory with a checkpoint of the same model, or a
+  Hugging Face XLNet directory of the same architecture (`HF_ARCHITECTURE`: the model section's
+  other keys are this run's choices), with no data.tokenizer_path (init_from brings its tokenizer).
+  """
+  source = run.init_from
+  if not epath.Path(source).is_dir():
+    raise FileNotFoundError(f"init_from={source} does not exist or is not a directory")
+  if run.data.tokenizer_path:
+    raise ValueError(f"data.tokenizer_path={run.data.tokenizer_path} and init_from={source} are "
+                     "both set: init_from brings its own tokenizer; unset data.tokenizer_path")
+  found = loading.kind(source)
+  if found is None:
+    raise FileNotFoundError(
+        f"init_from={source} is not a training run directory ({checkpoint_lib.RUN_FILE} not "
+        f"found) nor a Hugging Face XLNet directory ({loading.HF_CONFIG} not found)")
+  if found == loading.HF_XLNET:
+    try:
+      theirs, tokenizer = loading.read_hf_xlnet_config(source)
+    except (ValueError, FileNotFoundError) as error:
+      raise type(error)(f"init_from={source}: {error}") from None
+    ours = run.model_config(tokenizer.vocab_size, tokenizer.mask_id).to_dict()
+    _check_same_model(source, theirs.to_dict(), ours, HF_ARCHITECTURE, where="in its config.json")
+    return
+  theirs = checkpoint_lib.read_run(source)["model"]
+  ours = run.model_config(theirs["vocab_size"], theirs["mask_token_id"]).to_dict()
+  _check_same_model(source, theirs, ours, [k for k in ours if k not in ("vocab_size",
+                                                                       "mask_token_id")])
+  checkpointer = checkpoint_lib.Checkpointer(source, read_only=True, async_save=False)
   try:
     if checkpointer.latest_step is None:
       raise FileNotFoundError(f"no checkpoint found in {checkpointer.directory} (init_from)")
@@ -462,9 +503,18 @@ def _check_init_from(run: run_config.RunConfig):
     checkpointer.close()
 
 
+def _check_same_model(source: str, theirs: dict[str, Any], ours: dict[str, Any],
+                      keys: list[str], where: str = "there"):
+  """Raises ValueError naming each of `keys` on which the two ModelConfig dicts differ."""
+  differences = sorted(k for k in keys if ours[k] != theirs.get(k))
+  if differences:
+    raise ValueError(f"init_from={source} has a different model: " + ", ".join(
+        f"model.{k}: {theirs.get(k)!r} {where}, {ours[k]!r} here" for k in differences))
+
+
 def _data_kwargs(run: run_config.RunConfig, shard_index: int, shard_count: int) -> dict[str, Any]:
-  return dict(process_index=shard_index, process_count=shard_count, text_key=run.data.text_key,
-              data_dir=run.data.data_dir, max_documents=run.data.max_documents,
+  return dict(process_index=shard_index, process_count=shard_count,
+              max_documents=run.data.max_documents, **run.data.source_options(),
               read_options=grain.ReadOptions(
                   num_threads=run.data.read_threads, prefetch_buffer_size=16))
 
@@ -493,8 +543,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = sharding_lib.make_mesh(run.mesh_shape)
   check_mesh(run, mesh)
   for split in (run.data.train_split, run.data.eval_split):
-    data_lib.open_source(run.data.source, split, text_key=run.data.text_key,
-                         data_dir=run.data.data_dir)
+    data_lib.open_source(run.data.source, split, **run.data.source_options())
   if run.data.tokenizer_path and not epath.Path(run.data.tokenizer_path).is_file():
     raise FileNotFoundError(f"Tokenizer model not found: {run.data.tokenizer_path} "
                             "(data.tokenizer_path)")
@@ -525,6 +574,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if checkpointer.latest_step is not None:
     state = checkpointer.restore_latest_good(trainer.abstract_state(), train_iter)
     logging.info("Resumed from %s at step %d", checkpointer.directory, int(state.step))
+  elif run.init_from and loading.kind(run.init_from) == loading.HF_XLNET:
+    state = trainer.init_from_hf_xlnet(run.seed, run.init_from)
+    logging.info("Initialized the parameters from the Hugging Face XLNet directory %s",
+                 run.init_from)
   elif run.init_from:
     state = trainer.init_from_checkpoint(run.seed, run.init_from)
     logging.info("Initialized the parameters from %s", run.init_from)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import pathlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from asarm_jax.data.tokenizer import checked_ids
 
@@ -74,7 +74,8 @@ class XLNetTokenizer:
   def __init__(self, vocab: Sequence[tuple[str, float]], *, unk_id: int = 0,
                precompiled_charsmap: bytes | None = None, do_lower_case: bool = False,
                specials: Iterable[str] = (), added: Iterable[str] = (),
-               mask_token: str = "<mask>", pad_token: str = "<pad>", eos_token: str = "</s>"):
+               mask_token: str = "<mask>", pad_token: str = "<pad>", eos_token: str = "</s>",
+               files: Mapping[str, bytes] | None = None):
     """Builds the pipeline over a Unigram vocabulary.
 
     Args:
@@ -87,6 +88,8 @@ class XLNetTokenizer:
       mask_token, pad_token, eos_token: which specials play these roles; the document separator
         (`eos_id`) is '<eod>' when the vocabulary has it (XLNet's pre-training put it between
         documents), else `eos_token`.
+      files: the tokenizer files this vocabulary was read from, by name (`from_directory` sets
+        them; `save` writes them back).
 
     Raises:
       ValueError: a special token missing from the vocabulary, or an empty vocabulary.
@@ -125,6 +128,7 @@ class XLNetTokenizer:
     self.mask_id: int = ids[mask_token]
     self._pad_id = ids[pad_token]
     self._eos_id = ids.get(_DOCUMENT_END, ids[eos_token])
+    self._files = dict(files or {})
     # A character no piece holds, standing for '<mask>' while decoding with `mask_text`.
     self._hole = next(chr(c) for c in range(0xE000, 0xF900) if all(chr(c) not in piece
                                                                    for piece, _ in vocab))
@@ -147,11 +151,12 @@ class XLNetTokenizer:
                    mask_token=named["mask_token"], pad_token=named["pad_token"],
                    eos_token=named["eos_token"])
     specials = [*named.values(), *map(_content, extra)]
+    files = {TOKENIZER_CONFIG: config_path.read_bytes()} if config_path.is_file() else {}
     json_path, spiece_path = directory / TOKENIZER_JSON, directory / SPIECE_MODEL
     if json_path.is_file():
       vocab, unk_id, charsmap = _read_tokenizer_json(json_path)
       return cls(vocab, unk_id=unk_id, precompiled_charsmap=charsmap, specials=specials,
-                 **options)
+                 files={**files, TOKENIZER_JSON: json_path.read_bytes()}, **options)
     if spiece_path.is_file():
       proto = _read_spiece(spiece_path)
       vocab = [(piece.piece, piece.score) for piece in proto.pieces]
@@ -159,9 +164,26 @@ class XLNetTokenizer:
       added = [piece.piece for piece in proto.pieces if piece.type == _USER_DEFINED]
       return cls(vocab, unk_id=proto.trainer_spec.unk_id,
                  precompiled_charsmap=proto.normalizer_spec.precompiled_charsmap or None,
-                 specials=[*specials, *control], added=added, **options)
+                 specials=[*specials, *control], added=added,
+                 files={**files, SPIECE_MODEL: spiece_path.read_bytes()}, **options)
     raise FileNotFoundError(f"no tokenizer in {directory}: expected {TOKENIZER_JSON} or "
                             f"{SPIECE_MODEL} (save the tokenizer with save_pretrained too)")
+
+  def save(self, directory: str | pathlib.Path) -> None:
+    """Writes the files `from_directory` read (tokenizer.json or spiece.model, and
+    tokenizer_config.json if there was one) into `directory`, which then reads back as this
+    tokenizer, here and with transformers' `AutoTokenizer`.
+
+    Raises:
+      ValueError: a tokenizer built from a vocabulary, not read from a directory.
+    """
+    if not self._files:
+      raise ValueError("this XLNetTokenizer was built from a vocabulary, not read from a "
+                       "directory: there are no tokenizer files to save")
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, content in self._files.items():
+      (directory / name).write_bytes(content)
 
   @property
   def vocab_size(self) -> int:

@@ -46,7 +46,7 @@ def quality_rows(model, tokenizer, settings: dict[str, Any], seed: int) -> list[
   batches = heldout_loss.load_batches(
       tokenizer, **{k: settings[k] for k in ("source", "split", "seq_len", "batch_size",
                                              "num_batches", "text_key", "data_dir",
-                                             "max_documents")})
+                                             "file_glob", "max_bytes", "max_documents")})
   rows = []
   for order in masks.ORDERS:
     masking = dataclasses.replace(settings["masking"], hidden_order=order)

@@ -44,11 +44,15 @@ def get_config() -> ml_collections.ConfigDict:
   ))
 
   config.data = ml_collections.ConfigDict(dict(
-      source="stdlib",  # or 'tfds:<name>' (prepared as array_record; nothing is downloaded)
+      # or 'tfds:<name>' (prepared as array_record; nothing is downloaded), or 'files:<dir>' (a
+      # folder of text or code files, split by path hash: asarm_jax/data/files_source.py)
+      source="stdlib",
       train_split="train",
       eval_split="validation",
       text_key="text",
       data_dir=config_dict.placeholder(str),
+      file_glob="**/*",  # files: which files (hidden paths and binary files are left out)
+      max_bytes=1_000_000,  # files: files larger than this are left out
       max_documents=config_dict.placeholder(int),
       tokenizer_path=config_dict.placeholder(str),  # None: train a tokenizer at the start
       vocab_size=4096,
@@ -96,8 +100,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 32
   config.eval_rates = (0.5, 0.9)  # fixed masking rates evaluated besides the training range
 
-  # A run directory whose latest parameters (and tokenizer) start this run: fine-tuning. Its model
-  # config must equal config.model; the optimizer starts fresh.
+  # Fine-tuning: the parameters and tokenizer that start this run (the optimizer starts fresh), from
+  # one of our run directories (its latest checkpoint; its model config must equal config.model)
+  # or a Hugging Face XLNet directory (its weights and XLNet's tokenizer; its config.json must agree
+  # with config.model on the architecture: train_lib.HF_ARCHITECTURE).
   config.init_from = config_dict.placeholder(str)
 
   config.checkpoint_every_steps = 250

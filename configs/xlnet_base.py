@@ -5,8 +5,8 @@ linear warm-up then linear decay, gradient clipping 1.0, an effective batch of 6
 steps), and the paper's code-infilling masking schedule 0.01 -> [0.05, 0.25] over 2,500 steps.
 
 The paper fine-tunes a pretrained XLNet with lr 1e-5; this config trains from scratch, so its peak
-learning rate is higher (set --config.optimizer.learning_rate=1e-5 when starting from pretrained
-weights). Needs an accelerator.
+learning rate is higher (configs/xlnet_base_finetune.py is the fine-tuning recipe, from a Hugging
+Face XLNet directory). Needs an accelerator.
 
 python train.py --config configs/xlnet_base.py --workdir runs/xlnet_base
 """

@@ -3,22 +3,15 @@ transformers'), `asarm_jax.load` of both directory layouts (spiece.model / token
 run directory, logit parity, one clear error per bad directory with nothing written, infilling
 (lossy texts refused unless allowed) and sample.py on an HF directory.
 
-The checkpoint is built here (nothing is downloaded): a SentencePiece Unigram model trained on a
-few KB of text with XLNet's special ids, read by transformers' own XLNetTokenizer and saved with
-`save_pretrained`, and a tiny random XLNetLMHeadModel of that vocabulary.
+The checkpoint is built by `hf_xlnet_helpers.build_hf_xlnet` (nothing is downloaded).
 """
-import hashlib
-import io
 import json
 import os
 import pathlib
 import re
 import shutil
-import string
 import subprocess
 import sys
-import textwrap
-import types
 
 import jax
 import numpy as np
@@ -28,17 +21,14 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
-import sentencepiece as spm  # noqa: E402
-
 import asarm_jax  # noqa: E402
-from asarm_jax import checkpoint, infilling  # noqa: E402
+from asarm_jax import infilling  # noqa: E402
 from asarm_jax.data import train_tokenizer  # noqa: E402
 from asarm_jax.model import ModelConfig  # noqa: E402
 from asarm_jax.xlnet_tokenizer import XLNetTokenizer  # noqa: E402
-from test_convert_hf import TOLERANCE, _hf_model, _max_diff, _random_params  # noqa: E402
+import hf_xlnet_helpers  # noqa: E402
+from test_convert_hf import TOLERANCE, _max_diff, _random_params  # noqa: E402
 
-# XLNet's special ids: <unk>=0, <s>=1, </s>=2, then these control symbols from id 3 on.
-XLNET_CONTROLS = ["<cls>", "<sep>", "<pad>", "<mask>", "<eod>", "<eop>"]
 LAYOUTS = ("spiece", "json")
 TRICKY = [
     "", " ", "\n", "Hello world.", "Café naïve résumé, Ångström über façade",
@@ -50,52 +40,10 @@ TRICKY = [
 ]
 
 
-def _training_text() -> str:
-  """A few KB of prose and code, accents and digits with commas included."""
-  prose = ("Café naïve résumé: the façade of Ångström's house cost 1,000 or 2,500,000 crowns. "
-           "``Quoted'' words and plain ones, over and over.\n") * 4
-  return prose + pathlib.Path(textwrap.__file__).read_text()[:4000] + pathlib.Path(
-      string.__file__).read_text()[:2000]
-
-
-def _train_spiece() -> bytes:
-  """A Unigram SentencePiece model with XLNet's special ids (see XLNET_CONTROLS)."""
-  model = io.BytesIO()
-  spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(_training_text().splitlines()), model_writer=model,
-      model_type="unigram", vocab_size=300, hard_vocab_limit=False, unk_id=0, bos_id=1,
-      eos_id=2, pad_id=-1, control_symbols=XLNET_CONTROLS, num_threads=1, minloglevel=2)
-  return model.getvalue()
-
-
-def _snapshot(directory: pathlib.Path) -> dict[str, str]:
-  """Every path under `directory` -> 'dir' or the sha1 of the file."""
-  return {path.relative_to(directory).as_posix():
-          "dir" if path.is_dir() else hashlib.sha1(path.read_bytes()).hexdigest()
-          for path in sorted(directory.rglob("*"))}
-
-
 @pytest.fixture(scope="module")
 def hf(tmp_path_factory):
-  """Two HF XLNet directories of one model: 'spiece' (config.json, model.safetensors,
-  spiece.model: the older layout) and 'json' (what transformers 5's save_pretrained writes:
-  tokenizer.json and tokenizer_config.json), with transformers' tokenizer of each."""
-  root = tmp_path_factory.mktemp("hf_xlnet")
-  old = root / "spiece"
-  old.mkdir()
-  (old / "spiece.model").write_bytes(_train_spiece())
-  # transformers 5's XLNetTokenizer(vocab_file=...) ignores the file; from_pretrained reads it.
-  old_tokenizer = transformers.XLNetTokenizer.from_pretrained(old)
-  model = _hf_model(seed=0, vocab_size=len(old_tokenizer))
-  model.save_pretrained(old)
-  new = root / "json"
-  model.save_pretrained(new)
-  old_tokenizer.save_pretrained(new)
-  assert (new / "tokenizer.json").is_file() and not (new / "spiece.model").exists()
-  return types.SimpleNamespace(
-      root=root, model=model, dirs={"spiece": old, "json": new},
-      reference={"spiece": old_tokenizer,
-                 "json": transformers.AutoTokenizer.from_pretrained(new)})
+  """The tiny checkpoint in both layouts (`hf_xlnet_helpers.build_hf_xlnet`)."""
+  return hf_xlnet_helpers.build_hf_xlnet(tmp_path_factory.mktemp("hf_xlnet"))
 
 
 @pytest.fixture(scope="module")
@@ -179,9 +127,9 @@ def test_lossy_reason_is_none_exactly_for_round_trips(hf):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_load_reads_an_hf_directory_and_writes_nothing(layout, hf, loaded):
-  before = _snapshot(hf.dirs[layout])
+  before = hf_xlnet_helpers.snapshot(hf.dirs[layout])
   model = asarm_jax.load(hf.dirs[layout])
-  assert _snapshot(hf.dirs[layout]) == before
+  assert hf_xlnet_helpers.snapshot(hf.dirs[layout]) == before
   assert model.kind == "hf_xlnet"
   assert isinstance(model.tokenizer, XLNetTokenizer)
   assert model.config.vocab_size == model.tokenizer.vocab_size == len(hf.reference[layout])
@@ -206,15 +154,11 @@ def test_load_reads_pytorch_model_bin(hf, loaded, tmp_path):
 
 
 def test_load_reads_a_run_directory(tmp_path):
-  tokenizer = train_tokenizer([_training_text()], vocab_size=400)
+  tokenizer = train_tokenizer([hf_xlnet_helpers.training_text()], vocab_size=400)
   cfg = ModelConfig(vocab_size=tokenizer.vocab_size, mask_token_id=tokenizer.mask_id, d_model=16,
                     n_layers=1, n_heads=2, d_head=8, d_inner=32, max_len=32)
   params = _random_params(cfg, seed=0)
-  checkpoint.write_run(tmp_path, identity={}, model_cfg=cfg, config={}, tokenizer=tokenizer)
-  saver = checkpoint.Checkpointer(tmp_path, async_save=False)
-  saver.save(1, types.SimpleNamespace(params=params, step=1, rng=np.zeros(2, np.uint32),
-                                      opt_state={"count": np.zeros((), np.int32)}), force=True)
-  saver.close()
+  hf_xlnet_helpers.write_run_dir(tmp_path, cfg, params, tokenizer)
   model = asarm_jax.load(tmp_path)
   assert (model.kind, model.config, model.mask_id) == ("run", cfg, tokenizer.mask_id)
   assert model.tokenizer.model_proto == tokenizer.model_proto
@@ -273,11 +217,11 @@ def test_bad_directory_gives_one_clear_error(name, setup, error, pattern, hf, tm
   directory = tmp_path / "hf"
   shutil.copytree(hf.dirs["json"], directory)
   path, options = setup(directory)
-  before = _snapshot(tmp_path)
+  before = hf_xlnet_helpers.snapshot(tmp_path)
   with pytest.raises(error, match=pattern) as caught:
     asarm_jax.load(path, **options)
   assert "\n" not in str(caught.value)
-  assert _snapshot(tmp_path) == before
+  assert hf_xlnet_helpers.snapshot(tmp_path) == before
 
 
 # --------------------------------------------------------------------------------------------------
@@ -325,7 +269,7 @@ def _sample_py(*flags_: str) -> subprocess.Popen:
 
 def test_sample_py_fills_a_text_with_an_hf_directory(hf):
   directory = str(hf.dirs["spiece"])
-  before = _snapshot(hf.dirs["spiece"])
+  before = hf_xlnet_helpers.snapshot(hf.dirs["spiece"])
   filled = _sample_py("--workdir", directory, "--text", PROSE, "--method", "sequential", "--json")
   refused = _sample_py("--workdir", directory, "--text", "a\n[MASK]")
   stdout, stderr = filled.communicate(timeout=150)
@@ -338,11 +282,11 @@ def test_sample_py_fills_a_text_with_an_hf_directory(hf):
   assert refused.returncode == 2 and len(lines) == 1, stderr[-3000:]
   assert re.match(r"error: .*'a\\n' as it is: a newline at character 1 \(trailing\).*"
                   r"allow_lossy_tokenization=True", lines[0]), lines[0]
-  assert _snapshot(hf.dirs["spiece"]) == before
+  assert hf_xlnet_helpers.snapshot(hf.dirs["spiece"]) == before
 
 
 def test_evals_cli_runs_on_an_hf_directory(hf, tmp_path):
-  before = _snapshot(hf.dirs["json"])
+  before = hf_xlnet_helpers.snapshot(hf.dirs["json"])
   out = tmp_path / "heldout.json"
   done = subprocess.run(
       [sys.executable, "-m", "asarm_jax.evals", "--workdir", str(hf.dirs["json"]),
@@ -353,4 +297,4 @@ def test_evals_cli_runs_on_an_hf_directory(hf, tmp_path):
   assert done.returncode == 0, done.stderr[-3000:]
   results = json.loads(out.read_text())
   assert results["workdir"] == str(hf.dirs["json"].resolve()) and results["losses"]
-  assert _snapshot(hf.dirs["json"]) == before
+  assert hf_xlnet_helpers.snapshot(hf.dirs["json"]) == before

@@ -195,7 +195,7 @@ def test_bfloat16_compute_keeps_float32_master_weights():
   assert abs(float(step_metrics.compute()["loss"]) - np.log(train_helpers.VOCAB)) < 0.5
 
 
-@pytest.mark.parametrize("name", ["default", "xlnet_base", "tpu_pod"])
+@pytest.mark.parametrize("name", ["default", "xlnet_base", "xlnet_base_finetune", "tpu_pod"])
 def test_shipped_configs_are_valid(name):
   spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
   module = importlib.util.module_from_spec(spec)

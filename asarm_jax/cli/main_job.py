@@ -257,7 +257,7 @@ def run(config, workdir: str, *, retrain: bool = False, num_snippets: int = 4,
   run_cfg = run_config.parse(config)
   cfg, params, tokenizer = checkpoint.load_for_inference(workdir)
   documents = data_lib.open_source(run_cfg.data.source, run_cfg.data.eval_split,
-                                   text_key=run_cfg.data.text_key, data_dir=run_cfg.data.data_dir)
+                                   **run_cfg.data.source_options())
   max_tokens = min(snippet_tokens, cfg.max_len)
   snippets = pick_snippets(documents, tokenizer, count=num_snippets, max_tokens=max_tokens,
                            names=getattr(documents, "files", None))

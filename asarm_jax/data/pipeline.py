@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 import grain
 import numpy as np
 
+from asarm_jax.data import files_source
 from asarm_jax.data.packing import PackedIterDataset
 from asarm_jax.data.sources import open_source
 from asarm_jax.data.tokenizer import Tokenizer
@@ -63,12 +64,14 @@ def make_dataset(source: str, split: str, tokenizer: Tokenizer, seq_len: int, ba
                  seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
                  process_index: int | None = None, process_count: int | None = None,
                  text_key: str = "text", data_dir: str | None = None,
+                 file_glob: str = files_source.DEFAULT_GLOB,
+                 max_bytes: int = files_source.DEFAULT_MAX_BYTES,
                  max_documents: int | None = None, shuffle_window: int = 1024,
                  read_options: grain.ReadOptions = DEFAULT_READ_OPTIONS) -> grain.IterDataset:
   """Builds the batched dataset of one process; `iter()` of it is a checkpointable iterator.
 
   Args:
-    source: 'stdlib' or 'tfds:<name>' (see `asarm_jax.data.sources`).
+    source: 'stdlib', 'tfds:<name>' or 'files:<dir>' (see `asarm_jax.data.sources`).
     split: split name of the source.
     tokenizer: turns documents into ids; its eos separates documents.
     seq_len: N, tokens per example.
@@ -80,6 +83,7 @@ def make_dataset(source: str, split: str, tokenizer: Tokenizer, seq_len: int, ba
       i % process_count == process_index; default from jax.
     text_key: feature holding the text (TFDS sources).
     data_dir: TFDS data directory (None: TFDS's default).
+    file_glob, max_bytes: which files of a 'files:<dir>' source (asarm_jax.data.files_source).
     max_documents: use only the first documents of the source (before sharding).
     shuffle_window: examples shuffled together after packing (when `shuffle`); 1 disables.
     read_options: grain's threads and buffer for reading and tokenizing documents.
@@ -96,7 +100,8 @@ def make_dataset(source: str, split: str, tokenizer: Tokenizer, seq_len: int, ba
     raise ValueError(f"num_epochs must be None or positive, got {num_epochs}.")
   process_index, process_count = _resolve_process(process_index, process_count)
   documents = grain.MapDataset.source(
-      open_source(source, split, text_key=text_key, data_dir=data_dir))
+      open_source(source, split, text_key=text_key, data_dir=data_dir, file_glob=file_glob,
+                  max_bytes=max_bytes))
   if max_documents is not None:
     documents = documents[:max_documents]
   if len(documents) < process_count:

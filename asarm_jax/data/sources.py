@@ -6,12 +6,16 @@
   the feature `text_key`; any TFDS split string works ('validation', 'train[:1%]', ...). Nothing is
   ever downloaded: the dataset must already be prepared in `data_dir` (TFDS's default if None),
   e.g. with `tfds build lm1b --file_format=array_record`.
+- `"files:<dir>"`: the text or code files of a folder, one document each, chosen by `file_glob`
+  and `max_bytes`, split deterministically into 'train' and 'validation' (see
+  asarm_jax.data.files_source).
 """
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+from asarm_jax.data import files_source
 from asarm_jax.data.stdlib_corpus import StdlibCorpus
 
 STDLIB = "stdlib"
@@ -67,32 +71,40 @@ def _open_tfds(name: str, split: str, text_key: str, data_dir: str | None) -> Tf
 
 
 def open_source(source: str, split: str, *, text_key: str = "text",
-                data_dir: str | None = None) -> DocumentSource:
+                data_dir: str | None = None, file_glob: str = files_source.DEFAULT_GLOB,
+                max_bytes: int = files_source.DEFAULT_MAX_BYTES) -> DocumentSource:
   """Opens the documents of `source` (see the module docstring) for one split.
 
+  `text_key` and `data_dir` are for TFDS sources, `file_glob` and `max_bytes` for 'files:<dir>'.
+
   Raises:
-    ValueError: unknown source prefix, unknown dataset or split, missing text feature, or an
-      empty split.
-    FileNotFoundError: a TFDS dataset that is not prepared.
+    ValueError: unknown source prefix, unknown dataset or split, missing text feature, an
+      empty split, or a folder with no file to read.
+    FileNotFoundError: a TFDS dataset that is not prepared, or a missing folder.
   """
+  files_prefix = files_source.FILES_PREFIX
   if source == STDLIB:
     documents: DocumentSource = StdlibCorpus(split)
   elif source.startswith(TFDS_PREFIX) and source[len(TFDS_PREFIX):]:
     documents = _open_tfds(source[len(TFDS_PREFIX):], split, text_key, data_dir)
+  elif source.startswith(files_prefix) and source[len(files_prefix):]:
+    documents = files_source.FilesSource(source[len(files_prefix):], split, file_glob=file_glob,
+                                         max_bytes=max_bytes)
   else:
-    raise ValueError(f"Unknown data source {source!r}; expected {STDLIB!r} or "
-                     f"'{TFDS_PREFIX}<name>'.")
+    raise ValueError(f"Unknown data source {source!r}; expected {STDLIB!r}, "
+                     f"'{TFDS_PREFIX}<name>' or '{files_prefix}<dir>'.")
   if not len(documents):
     raise ValueError(f"Data source {source!r}, split {split!r} has no documents.")
   return documents
 
 
-def load_texts(source: str, split: str, *, text_key: str = "text", data_dir: str | None = None,
-               max_documents: int | None = None) -> Iterator[str]:
+def load_texts(source: str, split: str, *, max_documents: int | None = None,
+               **options) -> Iterator[str]:
   """Iterates the raw documents of a split in source order (at most `max_documents`).
 
-  The source is opened (and validated) by this call; the documents are read lazily.
+  `options` are `open_source`'s keyword arguments. The source is opened (and validated) by this
+  call; the documents are read lazily.
   """
-  documents = open_source(source, split, text_key=text_key, data_dir=data_dir)
+  documents = open_source(source, split, **options)
   count = len(documents) if max_documents is None else min(max_documents, len(documents))
   return (documents[i] for i in range(count))

@@ -36,19 +36,20 @@ from asarm_jax import metrics as metrics_lib
 from asarm_jax import objective
 from asarm_jax import sampling
 from asarm_jax import train_lib
+from asarm_jax.data import files_source
 from asarm_jax.evals import report
 
 DEFAULT_RATES = (0.15, 0.5, 0.9)
 
 
 def load_batches(tokenizer, *, source: str, split: str, seq_len: int, batch_size: int,
-                 num_batches: int, text_key: str = "text", data_dir: str | None = None,
-                 max_documents: int | None = None) -> list[dict[str, np.ndarray]]:
-  """The first `num_batches` evaluation batches of a split (one process, no shuffling)."""
+                 num_batches: int, max_documents: int | None = None,
+                 **source_options) -> list[dict[str, np.ndarray]]:
+  """The first `num_batches` evaluation batches of a split (one process, no shuffling);
+  `source_options` are `data.open_source`'s (text_key, data_dir, file_glob, max_bytes)."""
   return list(data_lib.eval_batches(source, split, tokenizer, seq_len, batch_size,
                                     num_batches=num_batches, process_index=0, process_count=1,
-                                    text_key=text_key, data_dir=data_dir,
-                                    max_documents=max_documents))
+                                    max_documents=max_documents, **source_options))
 
 
 @functools.lru_cache(maxsize=8)
@@ -66,6 +67,8 @@ def run_settings(config: dict[str, Any], max_len: int) -> dict[str, Any]:
              else objective.MaskingConfig())
   return dict(source=data.get("source", "stdlib"), split=data.get("eval_split", "validation"),
               text_key=data.get("text_key", "text"), data_dir=data.get("data_dir"),
+              file_glob=data.get("file_glob", files_source.DEFAULT_GLOB),
+              max_bytes=data.get("max_bytes", files_source.DEFAULT_MAX_BYTES),
               max_documents=data.get("max_documents"),
               seq_len=int(config.get("seq_len", max_len)), masking=masking,
               num_batches=int(config.get("num_eval_batches", 8)),
@@ -121,13 +124,15 @@ def evaluate(params, cfg, tokenizer, *, source: str = "stdlib", split: str = "va
              num_samples: int = 16, sample_method: str = "assd",
              draft_len: int = sampling.DEFAULT_DRAFT_LEN,
              text_key: str = "text", data_dir: str | None = None,
+             file_glob: str = files_source.DEFAULT_GLOB,
+             max_bytes: int = files_source.DEFAULT_MAX_BYTES,
              max_documents: int | None = None) -> dict[str, Any]:
   """Held-out loss at each rate and the unigram-entropy check (see the module docstring).
 
   Args:
     params, cfg, tokenizer: the model.
-    source, split, text_key, data_dir, max_documents: the held-out documents (the run's
-      evaluation split).
+    source, split, text_key, data_dir, file_glob, max_bytes, max_documents: the held-out
+      documents (the run's evaluation split).
     seq_len: tokens per evaluated sequence (the run's training length).
     masking: the run's objective settings; default `MaskingConfig()`. Its hidden order is replaced
       by each of `orders`.
@@ -145,7 +150,8 @@ def evaluate(params, cfg, tokenizer, *, source: str = "stdlib", split: str = "va
     masks_lib.check_order_name(order)
   batches = load_batches(tokenizer, source=source, split=split, seq_len=seq_len,
                          batch_size=batch_size, num_batches=num_batches, text_key=text_key,
-                         data_dir=data_dir, max_documents=max_documents)
+                         data_dir=data_dir, file_glob=file_glob, max_bytes=max_bytes,
+                         max_documents=max_documents)
   losses = [dict(order=order, **masked_loss(
       params, cfg, batches, float(rate),
       masking=dataclasses.replace(masking, hidden_order=order), seed=seed))
