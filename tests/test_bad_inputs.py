@@ -173,14 +173,9 @@ LIBRARY_ROWS = [
     Row("sample/num_valid>N", lambda e: _sample(e, num_valid=9), ValueError,
         r"num_valid 9 exceeds the length 8"),
     # sampling.sample: the sampler and its processors.
-    Row("sample/k=0", lambda e: _sample(e, draft_len=0), ValueError,
-        r"draft_len must be an integer >= 1; got 0"),
-    Row("sample/k<0", lambda e: _sample(e, draft_len=-3), ValueError,
-        r"draft_len must be an integer >= 1; got -3"),
-    Row("sample/k_float", lambda e: _sample(e, draft_len=2.5), ValueError,
-        r"draft_len must be an integer >= 1; got 2\.5"),
-    Row("sample/k_bool", lambda e: _sample(e, draft_len=True), ValueError,
-        r"draft_len must be an integer >= 1; got True"),
+    *(Row(f"sample/{name}", lambda e, k=k: _sample(e, draft_len=k), ValueError,
+          rf"draft_len must be an integer >= 1; got {re.escape(repr(k))}")
+      for name, k in (("k=0", 0), ("k<0", -3), ("k_float", 2.5), ("k_bool", True))),
     Row("sample/temperature<0", lambda e: _sample(e, temperature=-0.5), ValueError,
         r"temperature must be a finite number >= 0"),
     Row("sample/temperature_nan", lambda e: _sample(e, temperature=float("nan")), ValueError,

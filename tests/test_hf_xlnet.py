@@ -35,7 +35,7 @@ from asarm_jax import checkpoint, infilling  # noqa: E402
 from asarm_jax.data import train_tokenizer  # noqa: E402
 from asarm_jax.model import ModelConfig  # noqa: E402
 from asarm_jax.xlnet_tokenizer import XLNetTokenizer  # noqa: E402
-from test_convert_hf import TOLERANCE, _hf_model, _max_diff, _random_params  # noqa: E402
+from _hf_testlib import TOLERANCE, max_logit_diff, random_hf_model, random_params  # noqa: E402
 
 # XLNet's special ids: <unk>=0, <s>=1, </s>=2, then these control symbols from id 3 on.
 XLNET_CONTROLS = ["<cls>", "<sep>", "<pad>", "<mask>", "<eod>", "<eop>"]
@@ -86,7 +86,7 @@ def hf(tmp_path_factory):
   (old / "spiece.model").write_bytes(_train_spiece())
   # transformers 5's XLNetTokenizer(vocab_file=...) ignores the file; from_pretrained reads it.
   old_tokenizer = transformers.XLNetTokenizer.from_pretrained(old)
-  model = _hf_model(seed=0, vocab_size=len(old_tokenizer))
+  model = random_hf_model(seed=0, vocab_size=len(old_tokenizer))
   model.save_pretrained(old)
   new = root / "json"
   model.save_pretrained(new)
@@ -192,7 +192,7 @@ def test_load_reads_an_hf_directory_and_writes_nothing(layout, hf, loaded):
 @pytest.mark.parametrize("seed,num_prompt", [(0, 1), (1, 4)])
 def test_logits_match_transformers(seed, num_prompt, hf, loaded):
   model = loaded["spiece"]
-  assert _max_diff(model.config, model.params, hf.model, seed, num_prompt) <= TOLERANCE
+  assert max_logit_diff(model.config, model.params, hf.model, seed, num_prompt) <= TOLERANCE
 
 
 def test_load_reads_pytorch_model_bin(hf, loaded, tmp_path):
@@ -209,7 +209,7 @@ def test_load_reads_a_run_directory(tmp_path):
   tokenizer = train_tokenizer([_training_text()], vocab_size=400)
   cfg = ModelConfig(vocab_size=tokenizer.vocab_size, mask_token_id=tokenizer.mask_id, d_model=16,
                     n_layers=1, n_heads=2, d_head=8, d_inner=32, max_len=32)
-  params = _random_params(cfg, seed=0)
+  params = random_params(cfg, seed=0)
   checkpoint.write_run(tmp_path, identity={}, model_cfg=cfg, config={}, tokenizer=tokenizer)
   saver = checkpoint.Checkpointer(tmp_path, async_save=False)
   saver.save(1, types.SimpleNamespace(params=params, step=1, rng=np.zeros(2, np.uint32),
