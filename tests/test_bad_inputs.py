@@ -9,7 +9,8 @@ Two tables:
   time, before the first CLI test), each in its own directory. Each must exit non-zero, print an
   error matching its regex (tracebacks and log lines are not searched), print nothing on stdout
   that looks like a result, and leave the directory exactly as it found it: no new workdir,
-  checkpoint, JSON or metrics file, and files already there unchanged.
+  checkpoint, JSON or metrics file, and files already there unchanged. The CLI tests are marked
+  slow (the development lane, -m "not slow", leaves them to CI).
 
 The library-level checks of `train_lib.train_and_evaluate` (unknown keys, mesh, seq_len, sources)
 are in test_train.py; here the same refusals are checked through the train.py command line.
@@ -558,6 +559,7 @@ def _cli_params(attribute: str):
   return params
 
 
+@pytest.mark.slow  # subprocesses that each import jax
 @pytest.mark.parametrize("row", _cli_params("xfail"))
 def test_cli_refuses_and_leaves_no_files(row: CliRow, cli_results):
   result = cli_results[row.name]
@@ -569,6 +571,7 @@ def test_cli_refuses_and_leaves_no_files(row: CliRow, cli_results):
       f"files changed: before {result.before}, after {result.after}")
 
 
+@pytest.mark.slow  # subprocesses that each import jax
 @pytest.mark.parametrize("row", [pytest.param(row, id=row.name) for row in CLI_ROWS])
 def test_cli_mistake_is_one_line_and_status_2(row: CliRow, cli_results):
   result = cli_results[row.name]
@@ -582,6 +585,7 @@ _HELP_COMMANDS = {"train.py": (str(ROOT / "train.py"),), "sample.py": (str(ROOT 
                   "evals": ("-m", "asarm_jax.evals"), "main_job": ("-m", "asarm_jax.cli.main_job")}
 
 
+@pytest.mark.slow  # subprocesses that each import jax
 @pytest.mark.parametrize("name", list(_HELP_COMMANDS))
 def test_cli_help_exits_0_and_lists_the_flags(name):
   done = subprocess.run([sys.executable, *_HELP_COMMANDS[name], "--help"], capture_output=True,
@@ -595,6 +599,7 @@ def test_cli_help_exits_0_and_lists_the_flags(name):
     assert "--task" in done.stdout and "assd_fused" in done.stdout
 
 
+@pytest.mark.slow  # subprocesses that each import jax
 @pytest.mark.parametrize("row", _cli_params("traceback_xfail"))
 def test_cli_refusal_prints_no_traceback(row: CliRow, cli_results):
   result = cli_results[row.name]
@@ -621,6 +626,7 @@ common.run(main, module_name="__main__", summary="test")
 """
 
 
+@pytest.mark.slow  # subprocesses that each import jax
 def test_ctrl_c_at_a_cli_is_one_line_and_status_130():
   """Ctrl-C after an XLA compilation: one line "interrupted", status 130, no traceback. (The handler
   exits without tearing the interpreter down, which once segfaulted under XLA's threads; that crash

@@ -39,9 +39,9 @@ def test_cast_rejects_unknown_dtypes():
     cast_for_inference(cfg, params, "float8")
 
 
-@pytest.mark.parametrize("options", [dict(method="assd_fused", draft_len=3),
-                                     dict(method="assd", draft_len=3)],
-                         ids=lambda o: o["method"])
+@pytest.mark.parametrize("options", [
+    pytest.param(dict(method="assd_fused", draft_len=3), id="assd_fused"),
+    pytest.param(dict(method="assd", draft_len=3), id="assd", marks=pytest.mark.slow)])
 def test_bfloat16_law_matches_enumeration(bf16_model, options):
   laws = lib.case_laws(bf16_model, processors.SamplingConfig(banned_ids=(lib.MASK_ID,)))
   samples, _ = lib.draw(bf16_model, zlib.crc32(f"bf16/{options['method']}".encode()), **options)

@@ -38,10 +38,13 @@ def test_tiny_model_is_a_hard_case(model):
 # processing configs are the same code for every k, so these pairs add nothing (and suite time).
 _REDUNDANT = {("assd_k1", "t0.7"), ("assd_k1", "t1_topk2"), ("assd_k1", "t0.7_topp0.8"),
               ("assd_k8", "t0.7"), ("assd_k8", "t1_topk2")}
+# The development lane (-m "not slow"): each sampler once, every processor among them; 16-33 s
+# each on 2 loaded cores.
+_FAST = {("sequential", "t1_topk2"), ("assd_k3", "t1"), ("assd_k8", "t0.7_topp0.8")}
 
 
 @pytest.mark.parametrize("method_name, sampling_name", [
-    pytest.param(m, s, id=f"{m}-{s}")
+    pytest.param(m, s, id=f"{m}-{s}", marks=[] if (m, s) in _FAST else [pytest.mark.slow])
     for m in METHODS for s in lib.SAMPLINGS if (m, s) not in _REDUNDANT])
 def test_law_matches_enumeration(model, method_name, sampling_name):
   samples, _ = lib.assert_exact(model, f"{method_name}/{sampling_name}", sampling_name,
@@ -49,7 +52,8 @@ def test_law_matches_enumeration(model, method_name, sampling_name):
   assert not np.any(samples == lib.MASK_ID)
 
 
-@pytest.mark.parametrize("variant", ["accept_all", "resample_from_q"])
+@pytest.mark.parametrize("variant", [
+    "accept_all", pytest.param("resample_from_q", marks=pytest.mark.slow)])
 def test_checker_rejects_broken_acceptance_rules(model, variant):
   """The same check, run on deliberately wrong ASSD rules, must fail."""
   lib.assert_rules_fail(model, variant, method="assd", draft_len=3)

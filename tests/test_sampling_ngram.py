@@ -44,6 +44,7 @@ def test_ngram_drafter_law_matches_enumeration(model, case_laws):
   assert 0 < np.mean(np.asarray(out.nfe)[repeated]) < len(REPEATED.hidden)
 
 
+@pytest.mark.slow  # 24 s on 2 loaded cores; the drafter's own law test stays in the fast lane
 def test_ngram_without_the_residual_fails_the_check(model, case_laws):
   """A rejected n-gram draft redrawn from q instead of max(q - p, 0): the check must fail."""
   reports, _ = _draw_and_check(model, case_laws, seed=12, method="assd", drafter="ngram",
