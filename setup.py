@@ -16,6 +16,7 @@ CORE = [
     "numpy>=2.0,<3",
     "absl-py>=2.1",
     "tqdm>=4.66",
+    "scipy>=1.11",  # the chi-square test of asarm_jax.exact_laws (also a dependency of jax)
 ]
 HF = [
     "torch==2.13.0",
@@ -36,7 +37,6 @@ ACCELERATORS = {
 }
 TEST = [
     "pytest>=8",
-    "scipy>=1.11",
     "nbclient>=0.10",
     "nbformat>=5.10",
     "ipykernel>=6.29",

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asarm_jax import backend
+from asarm_jax import backend, config_util
 from asarm_jax import masks as masks_lib
 from asarm_jax.cache import KVCache
 
@@ -114,7 +114,6 @@ class ModelConfig:
   @classmethod
   def from_dict(cls, values: dict) -> "ModelConfig":
     """Builds a config from a dict, rejecting unknown keys by name."""
-    from asarm_jax import config_util  # pylint: disable=g-import-not-at-top
     return config_util.from_dict(cls, values, owner="ModelConfig")
 
 

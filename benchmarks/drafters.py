@@ -10,7 +10,7 @@ python -m benchmarks.drafters --quick                    # tiny random model, N=
    k = --draft_len), timed as the median of 3 runs after compilation, and NFE relative to
    sequential.
 2. r_atol (LOSSY for r_atol > 0) at 0, 0.1, 0.3, 0.5, ASSD with model drafts:
-   - on the enumerable tiny model of the exactness tests (tests/_sampling_testlib.py): NFE per
+   - on the enumerable tiny model of the exactness tests (asarm_jax/exact_laws.py): NFE per
      sample and TV between 20,000 samples per case and the exact sequential law, beside the TV
      noise bound of an exact sampler;
    - on the text problems: NFE and the NLL (nats per generated token) the model gives its own
@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asarm_jax import processors, sampling
+from asarm_jax import exact_laws, processors, sampling
 from asarm_jax.model import ASARM
 from benchmarks import sampling as sampling_benchmark
 
@@ -108,19 +108,18 @@ def text_rows(model, tokenizer, *, length: int, draft_len: int, seed: int
 
 
 def enumerable_rows(draft_len: int, seed: int) -> list[dict[str, Any]]:
-  """NFE and TV to the exact law on the exactness tests' tiny model, per r_atol."""
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
-  import _sampling_testlib as lib  # pylint: disable=import-outside-toplevel (the tests' helpers)
-  model = lib.tiny_model()
-  case_laws = lib.laws(model, "t1")
+  """NFE and TV to the exact law on the exactness tests' tiny model (`asarm_jax.exact_laws`), per
+  r_atol."""
+  model = exact_laws.tiny_model()
+  case_laws = exact_laws.case_laws(model, exact_laws.sampling_config("t1"))
   rows = []
   for r_atol in R_ATOLS:
-    samples, out = lib.draw(model, seed, method="assd", draft_len=draft_len, temperature=1.0,
-                            r_atol=r_atol)
-    reports = lib.check_all(samples, case_laws)
+    samples, out = exact_laws.draw(model, seed, method="assd", draft_len=draft_len,
+                                   temperature=1.0, r_atol=r_atol)
+    reports = exact_laws.check_all(samples, case_laws)
     rows.append({"block": "r_atol_enumerable", "sampler": "assd (model drafts)", "r_atol": r_atol,
                  "exact": r_atol == 0, "label": "exact" if r_atol == 0 else "lossy",
-                 "draft_len": draft_len, "samples_per_case": lib.PER_CASE,
+                 "draft_len": draft_len, "samples_per_case": exact_laws.PER_CASE,
                  "nfe": float(np.mean(out.nfe)),
                  "tv_per_case": {r.name: r.tv for r in reports},
                  "tv_noise_bound_per_case": {r.name: r.tv_bound for r in reports},

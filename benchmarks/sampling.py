@@ -116,10 +116,10 @@ class Plan:
   supplementary_seq_len: int | None = None
 
 
-# The full plan: 57 configurations, 825 s for the default model on 2 CPU cores (compilation
-# dominates). Cached compilations depend on the prompt length
-# (`prefill_rows`), so every (N, hidden fraction, batch, method, cache) costs one. The uncached
-# sampler and the HF peer recompute the whole sequence every forward: they run where they are needed.
+# The full plan (its size and measured time: benchmarks/README.md; compilation dominates). Cached
+# compilations depend on the prompt length (`prefill_rows`), so every (N, hidden fraction, batch,
+# method, cache) costs one. The uncached sampler and the HF peer recompute the whole sequence every
+# forward: they run where they are needed.
 _MAIN = ("sequential", "assd_k5", "assd_fused_k3")
 FULL_PLAN = Plan(
     name="full",

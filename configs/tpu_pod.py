@@ -31,16 +31,9 @@ def get_config():
   config.optimizer.update(learning_rate=3e-4, lr_scaling_batch=512, warmup_steps=5000,
                           decay="cosine", end_lr_factor=0.1, weight_decay=0.01, b2=0.98,
                           eps=1e-6, grad_clip_norm=1.0)
-  config.seq_len = 1024
-  config.batch_size = 512
-  config.grad_accum_steps = 1
-  config.num_train_steps = 200_000
-  config.mesh_shape = (1, -1, 4)  # fsdp fills the slice, 4-way tensor parallelism
-  config.log_every_steps = 100
-  config.eval_every_steps = 5000
-  config.num_eval_batches = 20
-  config.eval_batch_size = 512
-  config.checkpoint_every_steps = 1000
-  config.keep_checkpoints = 3
-  config.progress_bar = False
+  config.update(seq_len=1024, batch_size=512, grad_accum_steps=1, num_train_steps=200_000,
+                mesh_shape=(1, -1, 4),  # fsdp fills the slice, 4-way tensor parallelism
+                log_every_steps=100, eval_every_steps=5000, num_eval_batches=20,
+                eval_batch_size=512, checkpoint_every_steps=1000, keep_checkpoints=3,
+                progress_bar=False)
   return config

@@ -27,15 +27,7 @@ def get_config():
   config.optimizer.update(learning_rate=1e-4, lr_scaling_batch=64, warmup_steps=2500,
                           decay="linear", end_lr_factor=0.0, weight_decay=0.01, b1=0.9,
                           b2=0.999, eps=1e-6, grad_clip_norm=1.0)
-  config.seq_len = 512
-  config.batch_size = 64
-  config.grad_accum_steps = 8
-  config.num_train_steps = 100_000
-  config.log_every_steps = 100
-  config.eval_every_steps = 2000
-  config.num_eval_batches = 50
-  config.eval_batch_size = 64
-  config.checkpoint_every_steps = 2000
-  config.keep_checkpoints = 3
-  config.measure_peak_flops = True
+  config.update(seq_len=512, batch_size=64, grad_accum_steps=8, num_train_steps=100_000,
+                log_every_steps=100, eval_every_steps=2000, num_eval_batches=50, eval_batch_size=64,
+                checkpoint_every_steps=2000, keep_checkpoints=3, measure_peak_flops=True)
   return config

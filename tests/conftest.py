@@ -1,4 +1,5 @@
-"""Test-wide set-up: 8 simulated CPU devices, float32 matmuls at full precision."""
+"""Test-wide set-up: 8 simulated CPU devices, float32 matmuls at full precision; the sampling
+tests' shared fixtures."""
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -13,6 +14,8 @@ import gc  # noqa: E402
 
 import pytest  # noqa: E402
 
+import _sampling_testlib as lib  # noqa: E402  (after the precision set-up: it computes its cases)
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
@@ -20,3 +23,16 @@ def _release_compiled_programs():
   yield
   jax.clear_caches()
   gc.collect()
+
+
+@pytest.fixture(scope="module")
+def model():
+  """The sampling tests' tiny model (`asarm_jax.exact_laws.tiny_model()`): (cfg, params). Modules
+  that test another model define their own `model`."""
+  return lib.tiny_model()
+
+
+@pytest.fixture(scope="module")
+def ragged():
+  """lib.BATCH ragged rows (`lib.ragged_batch`): (tokens, ranks, num_prompt)."""
+  return lib.ragged_batch(lib.BATCH)

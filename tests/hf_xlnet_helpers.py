@@ -14,7 +14,7 @@ import sentencepiece as spm
 import transformers
 
 from asarm_jax import checkpoint
-from test_convert_hf import _hf_model
+from _hf_testlib import random_hf_model
 
 # XLNet's special ids: <unk>=0, <s>=1, </s>=2, then these control symbols from id 3 on.
 XLNET_CONTROLS = ["<cls>", "<sep>", "<pad>", "<mask>", "<eod>", "<eop>"]
@@ -59,7 +59,7 @@ def build_hf_xlnet(root: pathlib.Path) -> types.SimpleNamespace:
   (old / "spiece.model").write_bytes(train_spiece())
   # transformers 5's XLNetTokenizer(vocab_file=...) ignores the file; from_pretrained reads it.
   old_tokenizer = transformers.XLNetTokenizer.from_pretrained(old)
-  model = _hf_model(seed=0, vocab_size=len(old_tokenizer))
+  model = random_hf_model(seed=0, vocab_size=len(old_tokenizer))
   model.save_pretrained(old)
   new = root / "json"
   model.save_pretrained(new)

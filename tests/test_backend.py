@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from asarm_jax import backend, masks, processors, sampling, train_lib
+from asarm_jax.exact_laws import tiny_model
 from asarm_jax.model import ASARM, cast_for_inference
-from tests._sampling_testlib import tiny_model
 
 BRANCHES = {"cpu": backend.CPU, "accelerator": backend.ACCELERATOR}
 VOCAB = 200  # above the cumulative sum's block, so its blocked form is really used

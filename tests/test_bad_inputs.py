@@ -9,7 +9,8 @@ Two tables:
   time, before the first CLI test), each in its own directory. Each must exit non-zero, print an
   error matching its regex (tracebacks and log lines are not searched), print nothing on stdout
   that looks like a result, and leave the directory exactly as it found it: no new workdir,
-  checkpoint, JSON or metrics file, and files already there unchanged.
+  checkpoint, JSON or metrics file, and files already there unchanged. The CLI tests are marked
+  slow (the development lane, -m "not slow", leaves them to CI).
 
 The library-level checks of `train_lib.train_and_evaluate` (unknown keys, mesh, seq_len, sources)
 are in test_train.py; here the same refusals are checked through the train.py command line.
@@ -173,14 +174,9 @@ LIBRARY_ROWS = [
     Row("sample/num_valid>N", lambda e: _sample(e, num_valid=9), ValueError,
         r"num_valid 9 exceeds the length 8"),
     # sampling.sample: the sampler and its processors.
-    Row("sample/k=0", lambda e: _sample(e, draft_len=0), ValueError,
-        r"draft_len must be an integer >= 1; got 0"),
-    Row("sample/k<0", lambda e: _sample(e, draft_len=-3), ValueError,
-        r"draft_len must be an integer >= 1; got -3"),
-    Row("sample/k_float", lambda e: _sample(e, draft_len=2.5), ValueError,
-        r"draft_len must be an integer >= 1; got 2\.5"),
-    Row("sample/k_bool", lambda e: _sample(e, draft_len=True), ValueError,
-        r"draft_len must be an integer >= 1; got True"),
+    *(Row(f"sample/{name}", lambda e, k=k: _sample(e, draft_len=k), ValueError,
+          rf"draft_len must be an integer >= 1; got {re.escape(repr(k))}")
+      for name, k in (("k=0", 0), ("k<0", -3), ("k_float", 2.5), ("k_bool", True))),
     Row("sample/temperature<0", lambda e: _sample(e, temperature=-0.5), ValueError,
         r"temperature must be a finite number >= 0"),
     Row("sample/temperature_nan", lambda e: _sample(e, temperature=float("nan")), ValueError,
@@ -563,6 +559,7 @@ def _cli_params(attribute: str):
   return params
 
 
+@pytest.mark.slow  # subprocesses that each import jax
 @pytest.mark.parametrize("row", _cli_params("xfail"))
 def test_cli_refuses_and_leaves_no_files(row: CliRow, cli_results):
   result = cli_results[row.name]
@@ -574,6 +571,7 @@ def test_cli_refuses_and_leaves_no_files(row: CliRow, cli_results):
       f"files changed: before {result.before}, after {result.after}")
 
 
+@pytest.mark.slow  # subprocesses that each import jax
 @pytest.mark.parametrize("row", [pytest.param(row, id=row.name) for row in CLI_ROWS])
 def test_cli_mistake_is_one_line_and_status_2(row: CliRow, cli_results):
   result = cli_results[row.name]
@@ -587,6 +585,7 @@ _HELP_COMMANDS = {"train.py": (str(ROOT / "train.py"),), "sample.py": (str(ROOT 
                   "evals": ("-m", "asarm_jax.evals"), "main_job": ("-m", "asarm_jax.cli.main_job")}
 
 
+@pytest.mark.slow  # subprocesses that each import jax
 @pytest.mark.parametrize("name", list(_HELP_COMMANDS))
 def test_cli_help_exits_0_and_lists_the_flags(name):
   done = subprocess.run([sys.executable, *_HELP_COMMANDS[name], "--help"], capture_output=True,
@@ -600,6 +599,7 @@ def test_cli_help_exits_0_and_lists_the_flags(name):
     assert "--task" in done.stdout and "assd_fused" in done.stdout
 
 
+@pytest.mark.slow  # subprocesses that each import jax
 @pytest.mark.parametrize("row", _cli_params("traceback_xfail"))
 def test_cli_refusal_prints_no_traceback(row: CliRow, cli_results):
   result = cli_results[row.name]
@@ -626,6 +626,7 @@ common.run(main, module_name="__main__", summary="test")
 """
 
 
+@pytest.mark.slow  # subprocesses that each import jax
 def test_ctrl_c_at_a_cli_is_one_line_and_status_130():
   """Ctrl-C after an XLA compilation: one line "interrupted", status 130, no traceback. (The handler
   exits without tearing the interpreter down, which once segfaulted under XLA's threads; that crash

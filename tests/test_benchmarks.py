@@ -152,6 +152,16 @@ def test_quick_benchmark_covers_every_configuration(quick_results):
   assert all(s["reason"] for s in results["skipped"])
 
 
+def test_readme_states_the_plan_sizes():
+  """benchmarks/README.md's configuration counts are the plans' (they once drifted apart)."""
+  from benchmarks import sampling as bench
+  readme = (pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "README.md").read_text()
+  full, quick = (len(bench._configs(plan))  # pylint: disable=protected-access
+                 for plan in (bench.FULL_PLAN, bench.QUICK_PLAN))
+  assert f"`FULL_PLAN` ({full} configurations" in readme
+  assert f"`QUICK_PLAN` ({quick})" in readme
+
+
 def test_quick_benchmark_numbers_are_consistent(quick_results):
   _, results = quick_results
   rows = results["results"]

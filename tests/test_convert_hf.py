@@ -1,5 +1,4 @@
 """HF XLNet import/export: logit parity with transformers' XLNetLMHeadModel, round trips, errors."""
-import functools
 import json
 
 import jax
@@ -11,29 +10,16 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
-from asarm_jax import ASARM, ModelConfig, init_params, masks  # noqa: E402
+from asarm_jax import ModelConfig, masks  # noqa: E402
 from asarm_jax.convert_hf import export_hf_xlnet, load_hf_xlnet  # noqa: E402
-
-BATCH, LENGTH, VOCAB, MASK_ID = 2, 9, 50, 49
-TOLERANCE = 1e-4
-
-
-def _hf_model(seed=0, **overrides):
-  """A small random XLNetLMHeadModel in eval mode, weights scaled up so that logits are O(1)."""
-  settings = dict(vocab_size=VOCAB, d_model=32, n_layer=2, n_head=4, d_inner=64, dropout=0.0)
-  settings.update(overrides)
-  model = transformers.XLNetLMHeadModel(transformers.XLNetConfig(**settings)).eval()
-  generator = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, param in model.named_parameters():
-      noise = torch.randn(param.shape, generator=generator)
-      param.copy_(1.0 + 0.2 * noise if name.endswith("layer_norm.weight") else 0.3 * noise)
-  return model
+from _hf_testlib import (  # noqa: E402
+    LENGTH, MASK_ID, TOLERANCE, VOCAB, max_logit_diff, random_hf_model, random_params, random_problem,
+    zero_params)
 
 
 @pytest.fixture(scope="module")
 def hf_model():
-  return _hf_model()
+  return random_hf_model()
 
 
 @pytest.fixture(scope="module")
@@ -41,63 +27,10 @@ def converted(hf_model):
   return load_hf_xlnet(hf_model, mask_token_id=MASK_ID)
 
 
-def _problem(seed, num_prompt):
-  """Random tokens [B, N], a random prompt set of `num_prompt` positions and a random order."""
-  k_tok, k_prompt, k_order = jax.random.split(jax.random.key(seed), 3)
-  tokens = jax.random.randint(k_tok, (BATCH, LENGTH), 0, VOCAB)
-  prompt_positions = jax.vmap(lambda k: jax.random.permutation(k, LENGTH)[:num_prompt])(
-      jax.random.split(k_prompt, BATCH))
-  is_prompt = jnp.zeros((BATCH, LENGTH), bool).at[jnp.arange(BATCH)[:, None],
-                                                  prompt_positions].set(True)
-  return tokens, masks.random_ranks(k_order, is_prompt)
-
-
-def _hf_logits(model, tokens, query_mask):
-  """HF query-stream logits [B, N, V] with perm_mask = not query_mask, one target per position."""
-  perm_mask = torch.from_numpy(1.0 - np.asarray(query_mask, np.float32))  # [B, N, N]
-  target_mapping = torch.eye(LENGTH).expand(BATCH, LENGTH, LENGTH)  # [B, N, N]
-  with torch.no_grad():
-    out = model(torch.from_numpy(np.asarray(tokens, np.int64)), perm_mask=perm_mask,
-                target_mapping=target_mapping, token_type_ids=None, use_mems=False)
-  return out.logits.numpy()
-
-
-@functools.lru_cache(maxsize=None)
-def _jitted_apply(cfg):
-  return jax.jit(ASARM(cfg).apply)
-
-
-def _ours(cfg, params, tokens, ranks, num_prompt):
-  return np.asarray(_jitted_apply(cfg)({"params": params}, tokens, ranks, num_prompt))
-
-
-def _zero_params(cfg):
-  """Parameters of the right tree and shapes, without running the initialisers."""
-  shapes = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
-  return jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), shapes)
-
-
-def _random_params(cfg, seed, scale=0.3):
-  """Normal(0.1, scale) parameters: larger than init_params' so that logits are O(1)."""
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda leaf: jnp.asarray(0.1 + scale * rng.standard_normal(leaf.shape),
-                                               leaf.dtype), _zero_params(cfg))
-
-
-def _max_diff(cfg, params, model, seed, num_prompt, skip_rank=None):
-  tokens, ranks = _problem(seed, num_prompt)
-  _, query_mask = masks.density_masks(ranks, num_prompt)
-  diff = np.abs(_ours(cfg, params, tokens, ranks, num_prompt)
-                - _hf_logits(model, tokens, query_mask))  # [B, N, V]
-  if skip_rank is not None:
-    diff = np.where(np.asarray(ranks == skip_rank)[:, :, None], 0.0, diff)
-  return float(diff.max())
-
-
 @pytest.mark.parametrize("seed,num_prompt", [(0, 1), (1, 3), (2, 5), (3, LENGTH - 1), (4, 1)])
 def test_logits_match_hf(seed, num_prompt, hf_model, converted):
   cfg, params = converted
-  diff = _max_diff(cfg, params, hf_model, seed, num_prompt)
+  diff = max_logit_diff(cfg, params, hf_model, seed, num_prompt)
   print(f"parity seed={seed} num_prompt={num_prompt}: max |logit diff| = {diff:.2e}")
   assert diff <= TOLERANCE
 
@@ -105,7 +38,7 @@ def test_logits_match_hf(seed, num_prompt, hf_model, converted):
 def test_empty_prompt_differs_only_on_the_first_rank(hf_model, converted):
   """With no prompt the rank-0 query row sees nothing: ours is zero attention, HF's is uniform."""
   cfg, params = converted
-  diff = _max_diff(cfg, params, hf_model, seed=5, num_prompt=0, skip_rank=0)
+  diff = max_logit_diff(cfg, params, hf_model, seed=5, num_prompt=0, skip_rank=0)
   print(f"parity num_prompt=0 (rank-0 row excluded): max |logit diff| = {diff:.2e}")
   assert diff <= TOLERANCE
 
@@ -113,7 +46,7 @@ def test_empty_prompt_differs_only_on_the_first_rank(hf_model, converted):
 @pytest.mark.parametrize("num_prompt", [0, 1, 4, LENGTH])
 def test_hf_content_mask_is_ours(num_prompt):
   """HF's content mask is perm_mask with its diagonal cleared; ours is the query mask | diagonal."""
-  _, ranks = _problem(6, num_prompt)
+  _, ranks = random_problem(6, num_prompt)
   content, query = masks.density_masks(ranks, num_prompt)
   eye = jnp.eye(LENGTH, dtype=bool)
   np.testing.assert_array_equal(content, query | eye)
@@ -125,17 +58,17 @@ def test_hf_content_mask_is_ours(num_prompt):
 @pytest.mark.parametrize("hf_activation,ours", [("gelu_new", "gelu_tanh"), ("relu", "relu"),
                                                 ("silu", "silu")])
 def test_activations_match_hf(hf_activation, ours):
-  model = _hf_model(seed=1, ff_activation=hf_activation)
+  model = random_hf_model(seed=1, ff_activation=hf_activation)
   cfg, params = load_hf_xlnet(model, mask_token_id=MASK_ID)
   assert cfg.ff_activation == ours
-  diff = _max_diff(cfg, params, model, seed=7, num_prompt=2)
+  diff = max_logit_diff(cfg, params, model, seed=7, num_prompt=2)
   print(f"parity ff_activation={hf_activation}: max |logit diff| = {diff:.2e}")
   assert diff <= TOLERANCE
 
 
 def test_converted_tree_matches_init_params(converted):
   cfg, params = converted
-  reference = _zero_params(cfg)
+  reference = zero_params(cfg)
   assert jax.tree.structure(params) == jax.tree.structure(reference)
   for ours, theirs in zip(jax.tree.leaves(params), jax.tree.leaves(reference)):
     assert ours.shape == theirs.shape and ours.dtype == theirs.dtype
@@ -152,7 +85,7 @@ def test_config_fields(converted):
 def test_export_round_trip(tmp_path):
   cfg = ModelConfig(vocab_size=VOCAB, mask_token_id=MASK_ID, d_model=32, n_layers=2, n_heads=4,
                     d_head=8, d_inner=48, ff_activation="gelu_tanh", max_len=64)
-  params = _random_params(cfg, seed=3)
+  params = random_params(cfg, seed=3)
   exported = export_hf_xlnet(cfg, params, tmp_path)
   loaded_cfg, loaded = load_hf_xlnet(tmp_path)
   assert loaded_cfg == cfg
@@ -161,7 +94,7 @@ def test_export_round_trip(tmp_path):
     np.testing.assert_array_equal(ours, theirs)
   reloaded = transformers.XLNetLMHeadModel.from_pretrained(tmp_path).eval()
   for name, model in (("exported", exported), ("reloaded", reloaded)):
-    diff = _max_diff(cfg, params, model, seed=8, num_prompt=3)
+    diff = max_logit_diff(cfg, params, model, seed=8, num_prompt=3)
     print(f"parity {name} HF model: max |logit diff| = {diff:.2e}")
     assert diff <= TOLERANCE
 
@@ -285,7 +218,7 @@ def test_mask_token_id_resolution(tmp_path, hf_model):
 def test_xlnet_vocabulary_implies_mask_id_6(tmp_path):
   cfg = ModelConfig(vocab_size=32000, mask_token_id=6, d_model=8, n_layers=1, n_heads=2, d_head=4,
                     d_inner=16)
-  export_hf_xlnet(cfg, _zero_params(cfg), tmp_path)
+  export_hf_xlnet(cfg, zero_params(cfg), tmp_path)
   config = json.loads((tmp_path / "config.json").read_text())
   del config["mask_token_id"]
   (tmp_path / "config.json").write_text(json.dumps(config))
@@ -296,7 +229,7 @@ def test_export_rejects_head_size_mismatch(tmp_path):
   cfg = ModelConfig(vocab_size=VOCAB, mask_token_id=MASK_ID, d_model=32, n_layers=1, n_heads=4,
                     d_head=16, d_inner=64)
   with pytest.raises(ValueError, match="n_heads \\* d_head == d_model"):
-    export_hf_xlnet(cfg, _zero_params(cfg), tmp_path)
+    export_hf_xlnet(cfg, zero_params(cfg), tmp_path)
 
 
 def test_missing_safetensors_is_reported(tmp_path):

@@ -30,11 +30,11 @@ from asarm_jax.data import Tokenizer, train_tokenizer  # noqa: E402
 from asarm_jax.model import ModelConfig  # noqa: E402
 from asarm_jax.xlnet_tokenizer import XLNetTokenizer  # noqa: E402
 import hf_xlnet_helpers  # noqa: E402
-from test_convert_hf import TOLERANCE, _max_diff, _random_params  # noqa: E402
+from _hf_testlib import TOLERANCE, max_logit_diff, random_params  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FINETUNE_CONFIG = ROOT / "configs" / "xlnet_base_finetune.py"
-# The tiny checkpoint's architecture (test_convert_hf._hf_model).
+# The tiny checkpoint's architecture (_hf_testlib.random_hf_model).
 TINY_MODEL = dict(d_model=32, n_layers=2, n_heads=4, d_head=8, d_inner=64)
 TEXTS = ["Hello world.", "Café naïve résumé", "def add(a, b):\n    return a + b\n",
          "two  spaces", "the literal <mask> token", ""]
@@ -179,7 +179,7 @@ def test_export_of_a_finetuned_run_round_trips_through_transformers(finetuned, t
   assert not (out / "asarm_tokenizer.model").exists()
   theirs = transformers.XLNetLMHeadModel.from_pretrained(out).eval()
   for seed, num_prompt in [(0, 1), (1, 4)]:
-    assert _max_diff(model.config, model.params, theirs, seed, num_prompt) <= TOLERANCE
+    assert max_logit_diff(model.config, model.params, theirs, seed, num_prompt) <= TOLERANCE
   tokenizer = transformers.AutoTokenizer.from_pretrained(out)
   for text in TEXTS:
     assert tokenizer(text, add_special_tokens=False)["input_ids"] == model.tokenizer.encode(text)
@@ -193,13 +193,13 @@ def test_export_of_a_run_with_our_tokenizer_is_weights_and_our_tokenizer(tmp_pat
   tokenizer = train_tokenizer([hf_xlnet_helpers.training_text()], vocab_size=400)
   cfg = ModelConfig(vocab_size=tokenizer.vocab_size, mask_token_id=tokenizer.mask_id, max_len=32,
                     **TINY_MODEL)
-  params = _random_params(cfg, seed=0)
+  params = random_params(cfg, seed=0)
   hf_xlnet_helpers.write_run_dir(tmp_path / "run", cfg, params, tokenizer)
   out = tmp_path / "exported"
   hf_export.export_run(tmp_path / "run", out)
   assert not any((out / name).exists() for name in ("spiece.model", "tokenizer.json"))
   theirs = transformers.XLNetLMHeadModel.from_pretrained(out).eval()
-  assert _max_diff(cfg, params, theirs, seed=0, num_prompt=3) <= TOLERANCE
+  assert max_logit_diff(cfg, params, theirs, seed=0, num_prompt=3) <= TOLERANCE
   back = asarm_jax.load(out)
   assert (back.kind, back.config) == ("hf_xlnet", cfg)
   assert isinstance(back.tokenizer, Tokenizer)

@@ -27,7 +27,7 @@ from asarm_jax.data import train_tokenizer  # noqa: E402
 from asarm_jax.model import ModelConfig  # noqa: E402
 from asarm_jax.xlnet_tokenizer import XLNetTokenizer  # noqa: E402
 import hf_xlnet_helpers  # noqa: E402
-from test_convert_hf import TOLERANCE, _max_diff, _random_params  # noqa: E402
+from _hf_testlib import TOLERANCE, max_logit_diff, random_params  # noqa: E402
 
 LAYOUTS = ("spiece", "json")
 TRICKY = [
@@ -140,7 +140,7 @@ def test_load_reads_an_hf_directory_and_writes_nothing(layout, hf, loaded):
 @pytest.mark.parametrize("seed,num_prompt", [(0, 1), (1, 4)])
 def test_logits_match_transformers(seed, num_prompt, hf, loaded):
   model = loaded["spiece"]
-  assert _max_diff(model.config, model.params, hf.model, seed, num_prompt) <= TOLERANCE
+  assert max_logit_diff(model.config, model.params, hf.model, seed, num_prompt) <= TOLERANCE
 
 
 def test_load_reads_pytorch_model_bin(hf, loaded, tmp_path):
@@ -157,7 +157,7 @@ def test_load_reads_a_run_directory(tmp_path):
   tokenizer = train_tokenizer([hf_xlnet_helpers.training_text()], vocab_size=400)
   cfg = ModelConfig(vocab_size=tokenizer.vocab_size, mask_token_id=tokenizer.mask_id, d_model=16,
                     n_layers=1, n_heads=2, d_head=8, d_inner=32, max_len=32)
-  params = _random_params(cfg, seed=0)
+  params = random_params(cfg, seed=0)
   hf_xlnet_helpers.write_run_dir(tmp_path, cfg, params, tokenizer)
   model = asarm_jax.load(tmp_path)
   assert (model.kind, model.config, model.mask_id) == ("run", cfg, tokenizer.mask_id)

@@ -10,28 +10,19 @@ from scipy import stats
 from asarm_jax import masks
 
 
-def test_density_masks_hand_checked():
-  # Position 1 is the prompt (rank 0), then position 2 (rank 1), then position 0 (rank 2).
-  ranks = jnp.array([[2, 0, 1]])
-  content, query = masks.density_masks(ranks, 1)
-  np.testing.assert_array_equal(content[0], [[1, 1, 1],
-                                             [0, 1, 0],
-                                             [0, 1, 1]])
-  np.testing.assert_array_equal(query[0], [[0, 1, 1],
-                                           [0, 1, 0],
-                                           [0, 1, 0]])
-
-
-def test_prompt_block_is_mutually_visible_in_both_streams():
-  # Ranks 0 and 1 (positions 2 and 0) form the prompt and see each other; position 1 sees both.
-  ranks = jnp.array([[1, 2, 0]])
-  content, query = masks.density_masks(ranks, 2)
-  np.testing.assert_array_equal(query[0], [[1, 0, 1],
-                                           [1, 0, 1],
-                                           [1, 0, 1]])
-  np.testing.assert_array_equal(content[0], [[1, 0, 1],
-                                             [1, 1, 1],
-                                             [1, 0, 1]])
+@pytest.mark.parametrize("ranks, num_prompt, content, query", [
+    # Position 1 is the prompt (rank 0), then position 2 (rank 1), then position 0 (rank 2).
+    pytest.param([2, 0, 1], 1, [[1, 1, 1], [0, 1, 0], [0, 1, 1]],
+                 [[0, 1, 1], [0, 1, 0], [0, 1, 0]], id="one_token_prompt"),
+    # Ranks 0 and 1 (positions 2 and 0) form the prompt and see each other in both streams;
+    # position 1 sees both.
+    pytest.param([1, 2, 0], 2, [[1, 0, 1], [1, 1, 1], [1, 0, 1]],
+                 [[1, 0, 1], [1, 0, 1], [1, 0, 1]], id="prompt_block_mutually_visible"),
+])
+def test_density_masks_hand_checked(ranks, num_prompt, content, query):
+  got_content, got_query = masks.density_masks(jnp.array([ranks]), num_prompt)
+  np.testing.assert_array_equal(got_content[0], content)
+  np.testing.assert_array_equal(got_query[0], query)
 
 
 @pytest.mark.parametrize("seed", range(5))

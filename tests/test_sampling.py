@@ -9,20 +9,6 @@ from asarm_jax import processors, sampling
 from asarm_jax.model import ASARM
 import _sampling_testlib as lib
 
-BATCH = 48
-
-
-@pytest.fixture(scope="module")
-def model():
-  return lib.tiny_model()
-
-
-@pytest.fixture(scope="module")
-def ragged():
-  """BATCH ragged rows (see lib.ragged_batch)."""
-  return lib.ragged_batch(BATCH)
-
-
 def _generated(num_prompt, length=lib.LENGTH):
   return length - np.asarray(num_prompt)
 
@@ -97,7 +83,7 @@ def _argmax_decode(cfg, params, tokens, ranks, num_prompt):
   return tokens
 
 
-def test_greedy_is_argmax_decoding_for_both_samplers(model, ragged):
+def test_greedy_is_argmax_decoding_for_every_sampler(model, ragged):
   cfg, params = model
   tokens, ranks, num_prompt = ragged
   expected = _argmax_decode(cfg, params, tokens, ranks, num_prompt)
@@ -105,8 +91,11 @@ def test_greedy_is_argmax_decoding_for_both_samplers(model, ragged):
                                method="sequential", temperature=0.0)
   assd = sampling.sample(params, cfg, tokens, ranks, num_prompt, jax.random.key(1),
                          method="assd", draft_len=3, temperature=0.0)
+  fused = sampling.sample(params, cfg, tokens, ranks, num_prompt, jax.random.key(1),
+                          method="assd_fused", draft_len=3, temperature=0.0)
   np.testing.assert_array_equal(sequential.tokens, expected)
   np.testing.assert_array_equal(assd.tokens, expected)
+  np.testing.assert_array_equal(fused.tokens, expected)
   _check_accounting(assd, _generated(num_prompt), 3)
 
 
@@ -121,10 +110,13 @@ def test_assd_k1_is_sequential_token_for_token(model, ragged):
   np.testing.assert_array_equal(assd.nfe, sequential.nfe)
 
 
-@pytest.mark.parametrize("options", [dict(method="assd", draft_len=3), dict(method="sequential")],
-                         ids=["assd", "sequential"])
+@pytest.mark.parametrize("options", [dict(method="assd", draft_len=3), dict(method="sequential"),
+                                     dict(method="assd_fused", draft_len=4, adaptive=True)],
+                         ids=["assd", "sequential", "fused_adaptive"])
 def test_rows_do_not_depend_on_their_batch(model, ragged, options):
-  """Row b of a ragged batch equals a batch-1 call with key b (finished rows idle untouched)."""
+  """Row b of a ragged batch equals a batch-1 call with key b (finished rows idle untouched;
+  batch-wide choices, such as skipping a forward no row needs, never change a row's result, and
+  the adaptive draft length is per row)."""
   cfg, params = model
   tokens, ranks, num_prompt = (x[:6] for x in ragged)
   keys = jax.random.split(jax.random.key(11), 6)
@@ -132,7 +124,7 @@ def test_rows_do_not_depend_on_their_batch(model, ragged, options):
   for row in range(6):
     single = sampling.sample(params, cfg, tokens[row:row + 1], ranks[row:row + 1],
                              num_prompt[row:row + 1], keys[row:row + 1], **options)
-    for field in ("tokens", "nfe", "rounds", "accepted"):
+    for field in ("tokens", "nfe", "rounds", "accepted", "drafted"):
       np.testing.assert_array_equal(getattr(single, field)[0], getattr(batched, field)[row],
                                     err_msg=f"row {row} {field}")
   # One key for the whole batch is split into the same per-row keys.
@@ -145,12 +137,12 @@ def test_padding_ranked_last_has_no_influence(model, ragged):
   length-4 run, and the padding comes back as given."""
   cfg, params = model
   rs = np.random.RandomState(5)
-  short_ranks = np.stack([rs.permutation(4) for _ in range(BATCH)]).astype(np.int32)
-  num_prompt = (np.arange(BATCH) % 4).astype(np.int32)
+  short_ranks = np.stack([rs.permutation(4) for _ in range(lib.BATCH)]).astype(np.int32)
+  num_prompt = (np.arange(lib.BATCH) % 4).astype(np.int32)
   tokens = ragged[0][:, :4]
-  padded_tokens = np.concatenate([tokens, np.full((BATCH, 2), 1, np.int32)], axis=1)
-  padded_ranks = np.concatenate([short_ranks, np.tile([4, 5], (BATCH, 1))], axis=1)
-  keys = jax.random.split(jax.random.key(2), BATCH)
+  padded_tokens = np.concatenate([tokens, np.full((lib.BATCH, 2), 1, np.int32)], axis=1)
+  padded_ranks = np.concatenate([short_ranks, np.tile([4, 5], (lib.BATCH, 1))], axis=1)
+  keys = jax.random.split(jax.random.key(2), lib.BATCH)
   for options in (dict(method="assd", draft_len=3), dict(method="sequential")):
     short = sampling.sample(params, cfg, tokens, short_ranks, num_prompt, keys, **options)
     padded = sampling.sample(params, cfg, padded_tokens, padded_ranks, num_prompt, keys,

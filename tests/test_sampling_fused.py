@@ -1,11 +1,9 @@
 """Fused ASSD rounds and the adaptive draft length: accounting, exactness by enumeration, and checks
 that the law test catches deliberately wrong fused rules.
 
-The law tests use _sampling_testlib's draw (20,000 samples of each of its four cases in one ragged
-batch), laws and checks, as test_sampling_exact.py does.
+The law tests use _sampling_testlib's assert_exact (20,000 samples of each of asarm_jax.exact_laws'
+four cases in one ragged batch, checked against their exact laws), as test_sampling_exact.py does.
 """
-import zlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,20 +11,6 @@ import pytest
 
 from asarm_jax import sampling, speculation
 import _sampling_testlib as lib
-
-BATCH = 48
-
-
-@pytest.fixture(scope="module")
-def model():
-  return lib.tiny_model()
-
-
-@pytest.fixture(scope="module")
-def ragged():
-  """BATCH ragged rows (see lib.ragged_batch)."""
-  return lib.ragged_batch(BATCH)
-
 
 def _check_fused_accounting(out, generated, draft_len):
   """The fused NFE accounting of sampling.py's docstring, row by row."""
@@ -74,30 +58,7 @@ def test_context_free_model_keeps_every_proposal(model, ragged, draft_len):
   np.testing.assert_array_equal(out.nfe, 1 + rounds - (last == 1))
 
 
-def test_greedy_fused_is_greedy_sequential(model, ragged):
-  cfg, params = model
-  tokens, ranks, num_prompt = ragged
-  sequential = sampling.sample(params, cfg, tokens, ranks, num_prompt, jax.random.key(0),
-                               method="sequential", temperature=0.0)
-  fused = sampling.sample(params, cfg, tokens, ranks, num_prompt, jax.random.key(1),
-                          method="assd_fused", draft_len=3, temperature=0.0)
-  np.testing.assert_array_equal(fused.tokens, sequential.tokens)
-
-
-def test_rows_do_not_depend_on_their_batch(model, ragged):
-  """Batch-wide choices (skipping a forward no row needs) never change a row's result, and the
-  adaptive draft length is per row."""
-  options = dict(method="assd_fused", draft_len=4, adaptive=True)
-  cfg, params = model
-  tokens, ranks, num_prompt = (x[:6] for x in ragged)
-  keys = jax.random.split(jax.random.key(11), 6)
-  batched = sampling.sample(params, cfg, tokens, ranks, num_prompt, keys, **options)
-  for row in range(6):
-    single = sampling.sample(params, cfg, tokens[row:row + 1], ranks[row:row + 1],
-                             num_prompt[row:row + 1], keys[row:row + 1], **options)
-    for field in ("tokens", "nfe", "rounds", "accepted", "drafted"):
-      np.testing.assert_array_equal(getattr(single, field)[0], getattr(batched, field)[row],
-                                    err_msg=f"row {row} {field}")
+# Greedy fused decoding and batch independence of fused adaptive rows: test_sampling.py.
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -114,8 +75,8 @@ LAW_METHODS = {
 # and the adaptive lengths under fewer. Starred cases run by default, the others with the slow
 # tests.
 LAW_CASES = (
-    ("fused_k3", "t1", "*"), ("fused_k3", "t0.7_topp0.8", "*"), ("fused_k3", "t0.7", ""),
-    ("fused_k3", "t1_topk2", ""), ("fused_k8", "t1", "*"), ("fused_k8", "t0.7_topp0.8", ""),
+    ("fused_k3", "t1", "*"), ("fused_k3", "t0.7_topp0.8", ""), ("fused_k3", "t0.7", ""),
+    ("fused_k3", "t1_topk2", ""), ("fused_k8", "t1", ""), ("fused_k8", "t0.7_topp0.8", ""),
     ("fused_k8", "t1_topk2", ""), ("fused_k1", "t1", ""), ("assd_adaptive_k8", "t1", "*"),
     ("assd_adaptive_k8", "t0.7_topp0.8", ""), ("fused_adaptive_k8", "t0.7_topp0.8", "*"),
     ("fused_adaptive_k8", "t1", ""), ("fused_adaptive_k8", "t1_topk2", ""))
@@ -125,17 +86,10 @@ LAW_CASES = (
     pytest.param(m, s, marks=[] if star else [pytest.mark.slow], id=f"{m}-{s}")
     for m, s, star in LAW_CASES])
 def test_law_matches_enumeration(model, method_name, sampling_name):
-  options = {**LAW_METHODS[method_name], **lib.SAMPLINGS[sampling_name]}
-  samples, out = lib.draw(model, seed=zlib.crc32(f"{method_name}/{sampling_name}".encode()),
-                          **options)
-  reports = lib.check_all(samples, lib.laws(model, sampling_name))
-  print(method_name, sampling_name,
-        [(r.name, f"p={r.pvalue:.3g}", f"tv={r.tv:.4f}<={r.tv_bound:.4f}") for r in reports])
-  assert all(r.ok for r in reports), reports
-  generated = np.array([len(c.hidden) for c in lib.CASES]).repeat(lib.PER_CASE)
+  options = LAW_METHODS[method_name]
+  _, out = lib.assert_exact(model, f"{method_name}/{sampling_name}", sampling_name, **options)
   if options["method"] == "assd_fused":
-    _check_fused_accounting(out, generated, options["draft_len"])
-  assert np.all(np.asarray(out.nfe) <= generated)
+    _check_fused_accounting(out, lib.hidden_counts(), options["draft_len"])
 
 
 @pytest.mark.parametrize("variant", [
@@ -143,12 +97,7 @@ def test_law_matches_enumeration(model, method_name, sampling_name):
 def test_checker_rejects_broken_fused_rules(model, variant):
   """Wrong fused rules fail the same check: surviving proposals tested with the laws of other rows
   ("stale_probs"), or every window's first proposal kept untested ("always_keep_first")."""
-  samples, _ = lib.draw(model, seed=0, method="assd_fused", draft_len=8, temperature=1.0,
-                        rules=lib.WRONG_RULES[variant])
-  reports = lib.check_all(samples, lib.laws(model, "t1"))
-  print(variant, [(r.name, r.pvalue, r.tv, r.tv_bound) for r in reports])
-  assert not all(r.ok for r in reports)
-  assert min(r.pvalue for r in reports) < 1e-9
+  lib.assert_rules_fail(model, variant, method="assd_fused", draft_len=8)
 
 
 # ----------------------------------------------------------------------------------------------------

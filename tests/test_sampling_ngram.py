@@ -20,27 +20,15 @@ T1 = processors.SamplingConfig(temperature=1.0, banned_ids=(lib.MASK_ID,))
 
 
 @pytest.fixture(scope="module")
-def model():
-  return lib.tiny_model()
-
-
-@pytest.fixture(scope="module")
 def case_laws(model):
-  cfg, params = model
-  return [lib.exact_law(cfg, params, case, T1) for case in CASES]
+  return lib.case_laws(model, T1, CASES)
 
 
 def _draw_and_check(model, case_laws, seed, **options):
   """(LawReports of every case, SampleOutput) of one batched call at temperature 1."""
-  cfg, params = model
-  tokens, ranks, num_prompt = lib.case_batch(CASES, lib.PER_CASE)
-  out = sampling.sample(params, cfg, tokens, ranks, num_prompt, jax.random.key(seed),
-                        temperature=1.0, **options)
-  samples = np.asarray(out.tokens)
-  reports = [lib.compare_law(samples[c * lib.PER_CASE:(c + 1) * lib.PER_CASE], case, law)
-             for c, (case, law) in enumerate(zip(CASES, case_laws))]
-  print(options, [(r.name, f"p={r.pvalue:.3g}", f"tv={r.tv:.4f}<={r.tv_bound:.4f}")
-                  for r in reports])
+  samples, out = lib.draw(model, seed, CASES, temperature=1.0, **options)
+  reports = lib.check_all(samples, case_laws, CASES)
+  print(options, [r.summary() for r in reports])
   return reports, out
 
 
@@ -49,14 +37,14 @@ def test_ngram_drafter_law_matches_enumeration(model, case_laws):
   reports, out = _draw_and_check(model, case_laws, seed=11, method="assd", drafter="ngram",
                                  draft_len=3)
   assert all(r.ok for r in reports), reports
-  generated = np.array([len(c.hidden) for c in CASES]).repeat(lib.PER_CASE)
   assert np.all(np.asarray(out.nfe) == np.asarray(out.rounds))  # one forward per round
-  assert np.all(np.asarray(out.nfe) <= generated)
+  assert np.all(np.asarray(out.nfe) <= lib.hidden_counts(CASES))
   # The point-mass drafts of the repeated prompt are kept sometimes and rejected sometimes.
   repeated = slice(4 * lib.PER_CASE, 5 * lib.PER_CASE)
   assert 0 < np.mean(np.asarray(out.nfe)[repeated]) < len(REPEATED.hidden)
 
 
+@pytest.mark.slow  # 24 s on 2 loaded cores; the drafter's own law test stays in the fast lane
 def test_ngram_without_the_residual_fails_the_check(model, case_laws):
   """A rejected n-gram draft redrawn from q instead of max(q - p, 0): the check must fail."""
   reports, _ = _draw_and_check(model, case_laws, seed=12, method="assd", drafter="ngram",

@@ -22,11 +22,6 @@ T1 = processors.SamplingConfig(temperature=1.0, banned_ids=(lib.MASK_ID,))
 CASES = lib.CASES[1:]
 
 
-@pytest.fixture(scope="module")
-def model():
-  return lib.tiny_model()
-
-
 def _draft_laws(cfg, params, tokens, ranks, num_decided, num_prompt, config):
   """Every position's law given the decided ranks (< num_decided), per node: float64 [M, N, V]."""
   content, query = masks.draft_masks(jnp.asarray(ranks), num_decided, num_prompt)

@@ -26,17 +26,10 @@ def tiny_config(**overrides):
   config.model.update(d_model=32, n_layers=2, n_heads=2, d_head=16, d_inner=64, max_len=64)
   config.data.update(vocab_size=400, tokenizer_max_chars=300_000, max_documents=40,
                      read_threads=1)
-  config.seq_len = 16
-  config.batch_size = 8
-  config.num_train_steps = 4
   config.optimizer.update(learning_rate=1e-3, warmup_steps=0, decay="constant")
-  config.log_every_steps = 1
-  config.eval_every_steps = 1000
-  config.num_eval_batches = 1
-  config.eval_batch_size = 8
-  config.checkpoint_every_steps = 1000
-  config.progress_bar = False
-  config.measure_peak_flops = False
+  config.update(seq_len=16, batch_size=8, num_train_steps=4, log_every_steps=1,
+                eval_every_steps=1000, num_eval_batches=1, eval_batch_size=8,
+                checkpoint_every_steps=1000, progress_bar=False, measure_peak_flops=False)
   for key, value in overrides.items():
     section, _, name = key.rpartition(".")
     (config[section] if section else config)[name] = value

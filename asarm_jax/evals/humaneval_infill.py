@@ -132,18 +132,15 @@ def evaluate(params, cfg, tokenizer, *, methods: Sequence[str] = ("sequential", 
 
 
 COLUMNS: tuple[report.Column, ...] = (
-    ("label", "method", "s"),
     ("pass_at_1", "pass@1", lambda v: f"{100 * v:.2f}%"),
     ("passed", "passed", "d"),
     ("total", "tasks", "d"),
-    *report.SAMPLING_COLUMNS,
 )
+
+TITLE = ("HumanEval single-line infilling: {num_tasks} of {of_tasks} tasks ({subset}), 1 sample "
+         "each, T={temperature:g}, context <= {max_len} tokens")  # of results["settings"]
 
 
 def table(results: dict[str, Any]) -> str:
-  settings = results["settings"]
-  rows = report.method_rows(results)
-  title = (f"HumanEval single-line infilling: {settings['num_tasks']} of "
-           f"{settings['of_tasks']} tasks ({settings['subset']}), 1 sample each, "
-           f"T={settings['temperature']:g}, context <= {settings['max_len']} tokens")
-  return report.format_table(rows, COLUMNS, title)
+  """The printed table of `evaluate`'s results: pass@1 and the sampling cost per method."""
+  return report.methods_table(results, COLUMNS, TITLE.format(**results["settings"]))

@@ -19,6 +19,16 @@ import numpy as np
 _UNDRAFTED = ("sequential", "oracle")  # methods without drafts (the oracle samples nothing)
 
 
+def _ratio(numerator: float, denominator: float) -> float:
+  return float(numerator) / denominator if denominator else float("nan")
+
+
+def _ratio_of(numerator: str, denominator: str, doc: str) -> property:
+  """A read-only property: the field `numerator` over the field `denominator` (NaN over 0)."""
+  return property(lambda self: _ratio(getattr(self, numerator), getattr(self, denominator)),
+                  doc=doc)
+
+
 @dataclasses.dataclass
 class SamplingStats:
   """Cost of sampling `rows` sequences with one method (sums over rows; seconds over calls).
@@ -68,41 +78,25 @@ class SamplingStats:
     self.calls += 1
 
   def merge(self, other: SamplingStats) -> SamplingStats:
+    """The sums of both (of the same method and k)."""
     if (other.method, other.draft_len) != (self.method, self.draft_len):
       raise ValueError(f"cannot merge stats of {other.method} (k={other.draft_len}) into "
                        f"{self.method} (k={self.draft_len})")
-    merged = dataclasses.replace(self)
-    for field in ("rows", "tokens", "nfe", "rounds", "accepted", "seconds", "compile_seconds",
-                  "calls"):
-      setattr(merged, field, getattr(self, field) + getattr(other, field))
-    return merged
+    return dataclasses.replace(self, **{
+        field.name: getattr(self, field.name) + getattr(other, field.name)
+        for field in dataclasses.fields(self) if field.name not in ("method", "draft_len")})
 
-  @property
-  def nfe_per_row(self) -> float:
-    return _ratio(self.nfe, self.rows)
-
-  @property
-  def tokens_per_nfe(self) -> float:
-    return _ratio(self.tokens, self.nfe)
-
-  @property
-  def tokens_per_round(self) -> float:
-    return _ratio(self.tokens, self.rounds)
-
-  @property
-  def tokens_per_second(self) -> float:
-    return _ratio(self.tokens, self.seconds)
+  nfe_per_row = _ratio_of("nfe", "rows", "Forward passes per sequence.")
+  tokens_per_nfe = _ratio_of("tokens", "nfe", "Tokens generated per forward pass.")
+  tokens_per_round = _ratio_of("tokens", "rounds", "Tokens generated per sampler iteration.")
+  tokens_per_second = _ratio_of("tokens", "seconds", "Tokens generated per second of run time.")
 
   def to_json(self) -> dict[str, Any]:
-    values = dataclasses.asdict(self)
-    values.update(nfe_per_row=self.nfe_per_row, tokens_per_nfe=self.tokens_per_nfe,
-                  tokens_per_round=self.tokens_per_round,
-                  tokens_per_second=self.tokens_per_second)
-    return values
+    """The fields and the ratios above."""
+    return {**dataclasses.asdict(self), **{name: getattr(self, name) for name in _RATIOS}}
 
 
-def _ratio(numerator: float, denominator: float) -> float:
-  return float(numerator) / denominator if denominator else float("nan")
+_RATIOS = ("nfe_per_row", "tokens_per_nfe", "tokens_per_round", "tokens_per_second")
 
 
 def drafts_per_round(method: str, draft_len: int) -> int:
@@ -196,10 +190,11 @@ def write_json(path: str | os.PathLike, results: dict[str, Any]) -> None:
     f.write("\n")
 
 
-def method_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-  """One table row per method of an eval result: its values, sampling columns and label."""
+def methods_table(results: dict[str, Any], columns: Sequence[Column], title: str) -> str:
+  """The table of a task's result: one row per method of `results["methods"]`, its label, the
+  task's `columns` of its values, then its sampling columns."""
   rows = []
   for method, values in results["methods"].items():
     stats = values["sampling"]
     rows.append({**values, **sampling_row(stats), "label": method_label(method, stats.draft_len)})
-  return rows
+  return format_table(rows, (("label", "method", "s"), *columns, *SAMPLING_COLUMNS), title)

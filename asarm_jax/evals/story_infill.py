@@ -158,19 +158,16 @@ def evaluate(params, cfg, tokenizer, *, dataset: str, split: str = "validation",
 
 
 COLUMNS: tuple[report.Column, ...] = (
-    ("label", "method", "s"),
     ("rouge1", "ROUGE-1", lambda v: f"{100 * v:.2f}"),
     ("rouge2", "ROUGE-2", lambda v: f"{100 * v:.2f}"),
     ("rougeL", "ROUGE-L", lambda v: f"{100 * v:.2f}"),
     ("count", "stories", "d"),
-    *report.SAMPLING_COLUMNS,
 )
+
+TITLE = ("Story infilling ({dataset}/{split}): middle sentence of {num_sentences}, oracle length, "
+         "ROUGE F1 x 100, T={temperature:g}")  # of results["settings"]
 
 
 def table(results: dict[str, Any]) -> str:
-  settings = results["settings"]
-  rows = report.method_rows(results)
-  title = (f"Story infilling ({settings['dataset']}/{settings['split']}): middle sentence of "
-           f"{settings['num_sentences']}, oracle length, ROUGE F1 x 100, "
-           f"T={settings['temperature']:g}")
-  return report.format_table(rows, COLUMNS, title)
+  """The printed table of `evaluate`'s results: ROUGE and the sampling cost per method."""
+  return report.methods_table(results, COLUMNS, TITLE.format(**results["settings"]))
