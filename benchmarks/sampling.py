@@ -205,10 +205,11 @@ def load_model(*, workdir: str | None, random_model: bool, quick: bool, seed: in
     return Model("random_default_size", cfg, _random_params(cfg, seed),
                  "UNTRAINED model with configs/default.py's sizes (init_params): timings are "
                  "representative, NFE and acceptance rates are not"), tokenizer
-  from asarm_jax import checkpoint  # orbax: slow to import, only needed here
-  cfg, params, tokenizer = checkpoint.load_for_inference(workdir)
-  return Model("trained", cfg, params,
-               f"trained checkpoint {workdir} (step {checkpoint.latest_step(workdir)})"), tokenizer
+  from asarm_jax import checkpoint, loading  # orbax: slow to import, only needed here
+  loaded = loading.load(workdir)
+  description = (f"trained checkpoint {workdir} (step {checkpoint.latest_step(workdir)})"
+                 if loaded.kind == loading.RUN else f"Hugging Face XLNet directory {workdir}")
+  return Model("trained", loaded.config, loaded.params, description), loaded.tokenizer
 
 
 def same_size_random(model: Model, max_len: int, seed: int) -> Model:
@@ -650,7 +651,7 @@ def run_benchmark(*, workdir: str | None = None, random_model: bool = False, qui
   """Runs the benchmark; writes JSON (`out`), Markdown (.md) and a plot (.png) next to it.
 
   Args:
-    workdir: a training run directory (`checkpoint.load_for_inference`).
+    workdir: a training run directory or a Hugging Face XLNet directory (`asarm_jax.load`).
     random_model: an untrained model with configs/default.py's sizes instead of `workdir`.
     quick: the quick plan (tiny random model, N=32); ignores `workdir` and `random_model`.
     out: the JSON path (default benchmarks/results/sampling.json, or sampling_quick.json).
@@ -781,7 +782,8 @@ def main() -> None:
 def _define_flags() -> None:
   from absl import flags
 
-  flags.DEFINE_string("workdir", None, "Training run directory of the model under test.")
+  flags.DEFINE_string("workdir", None, "Training run directory or Hugging Face XLNet directory of "
+                      "the model under test.")
   flags.DEFINE_bool("random_model", False,
                     "Use an untrained model with configs/default.py's sizes instead.")
   flags.DEFINE_bool("quick", False, "Tiny random model, N=32, few configurations (< 60 s).")
