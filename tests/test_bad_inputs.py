@@ -634,10 +634,14 @@ def test_ctrl_c_at_a_cli_is_one_line_and_status_130():
   process = subprocess.Popen([sys.executable, "-c", _COMPILING_CLI], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, cwd=ROOT,
                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
-  assert process.stdout.readline().strip() == "compiling"
-  time.sleep(0.5)
-  process.send_signal(signal.SIGINT)
-  _, stderr = process.communicate(timeout=CLI_TIMEOUT_S)
+  try:
+    assert process.stdout.readline().strip() == "compiling"
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=CLI_TIMEOUT_S)
+  finally:
+    process.kill()  # a hung child must not outlive the test (the sandbox tests count children)
+    process.wait()
   assert process.returncode == 130, stderr[-3000:]
   assert stderr.strip().splitlines()[-1] == "interrupted", stderr[-3000:]
   assert "Traceback" not in stderr
