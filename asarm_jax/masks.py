@@ -131,12 +131,19 @@ def _within_hidden_keys(order: str, hidden: jax.Array, key: jax.Array | None) ->
     if key is None:
       raise ValueError("order 'random' needs a PRNG key")
     return jax.random.uniform(key, hidden.shape, jnp.float32)
-  positions = jnp.broadcast_to(jnp.arange(hidden.shape[-1], dtype=jnp.int32), hidden.shape)
   if order == "spread":
     index = jnp.cumsum(hidden, axis=-1, dtype=jnp.int32) - 1  # [B, N]: index among hidden
     bits = max(1, (hidden.shape[-1] - 1).bit_length())
     return _bit_reversed(jnp.maximum(index, 0), bits)
-  return positions
+  return jnp.broadcast_to(jnp.arange(hidden.shape[-1], dtype=jnp.int32), hidden.shape)
+
+
+def positions_in_block_order(block: jax.Array, keys: jax.Array) -> jax.Array:
+  """Each row's positions sorted by `block` [B, N], then `keys` [B, N], then position: int32
+  [B, N] (a full-precision sort: no ties of keys squeezed into one float). As ranks they are
+  `by_rank` (`positions_by_rank`'s output)."""
+  positions = jnp.broadcast_to(jnp.arange(block.shape[-1]), block.shape)
+  return jnp.lexsort((positions, keys, block), axis=-1).astype(jnp.int32)
 
 
 def order_ranks(order: str, is_prompt: jax.Array, *, valid: jax.Array | None = None,
@@ -157,12 +164,8 @@ def order_ranks(order: str, is_prompt: jax.Array, *, valid: jax.Array | None = N
   valid = jnp.ones_like(is_prompt) if valid is None else valid
   hidden = valid & ~is_prompt
   block = jnp.where(is_prompt & valid, 0, jnp.where(hidden, 1, 2))  # [B, N]: prompt, hidden, pad
-  positions = jnp.broadcast_to(jnp.arange(is_prompt.shape[-1]), is_prompt.shape)
   within = jnp.where(hidden, _within_hidden_keys(order, hidden, key), 0)
-  # Sorted by block, then the hidden keys, then position (a full-precision sort: no ties of keys
-  # squeezed into one float).
-  by_rank = jnp.lexsort((positions, within, block), axis=-1)
-  return jnp.argsort(by_rank, axis=-1).astype(jnp.int32)
+  return positions_by_rank(positions_in_block_order(block, within))  # the inverse permutation
 
 
 def infill_ranks(is_prompt: jax.Array) -> jax.Array:

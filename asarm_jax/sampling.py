@@ -344,7 +344,6 @@ def _by_entropy(state: _LoopState, logits: jax.Array, sampler: Sampler) -> _Loop
   """`state` with its undecided valid positions re-ranked by the entropy of the model's law there
   (temperature 1, banned ids removed; `logits` [B, N, V] are every position's draft rows), lowest
   first, ties left to right. Decided and padding ranks keep their places."""
-  length = state.tokens.shape[1]
   untempered = processors.SamplingConfig(temperature=1.0, banned_ids=sampler.sampling.banned_ids)
   probs = processors.probabilities(logits, untempered)  # [B, N, V]
   entropy = -jnp.sum(jnp.where(probs > 0, probs * jnp.log(probs), 0.0), axis=-1)  # [B, N]
@@ -352,8 +351,7 @@ def _by_entropy(state: _LoopState, logits: jax.Array, sampler: Sampler) -> _Loop
   undecided = (state.ranks >= n) & (state.ranks < state.num_valid[:, None])  # [B, N]
   block = jnp.where(state.ranks < n, 0, jnp.where(undecided, 1, 2))  # decided, undecided, padding
   within = jnp.where(undecided, entropy, state.ranks.astype(jnp.float32))
-  positions = jnp.broadcast_to(jnp.arange(length), state.ranks.shape)
-  by_rank = jnp.lexsort((positions, within, block), axis=-1).astype(jnp.int32)  # [B, N]
+  by_rank = masks_lib.positions_in_block_order(block, within)  # [B, N]
   return state.replace(ranks=masks_lib.positions_by_rank(by_rank), by_rank=by_rank)
 
 

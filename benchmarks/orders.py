@@ -44,9 +44,7 @@ ADAPTIVE = "adaptive (lowest entropy first)"
 def quality_rows(model, tokenizer, settings: dict[str, Any], seed: int) -> list[dict[str, Any]]:
   """Held-out NLL under every decoding order at every rate of NLL_RATES."""
   batches = heldout_loss.load_batches(
-      tokenizer, **{k: settings[k] for k in ("source", "split", "seq_len", "batch_size",
-                                             "num_batches", "text_key", "data_dir",
-                                             "file_glob", "max_bytes", "max_documents")})
+      tokenizer, **{k: v for k, v in settings.items() if k != "masking"})
   rows = []
   for order in masks.ORDERS:
     masking = dataclasses.replace(settings["masking"], hidden_order=order)

@@ -144,7 +144,7 @@ def hide(num_tokens: int, rate: float, seed: int) -> np.ndarray:
 
 def infill_snippets(params, cfg, tokenizer, snippets: list[dict[str, Any]], *, rates,
                     draft_len: int, temperature: float, seed: int,
-                    order: str = "left_to_right") -> list[dict[str, Any]]:
+                    order: str = DEFAULT_ORDER) -> list[dict[str, Any]]:
   """Sequential decoding and fused ASSD at every rate, one snippet per sampler call (batch 1, the
   interactive case; on a CPU speculation stops paying from 3 rows, `sampling.fastest_method`): one
   result dict per (rate, method). The hidden positions are generated in `order` (`masks.ORDERS`)."""
