@@ -609,6 +609,10 @@ def test_cli_refusal_prints_no_traceback(row: CliRow, cli_results):
 
 # A CLI whose main has compiled with XLA (its threads are alive) and then waits for Ctrl-C.
 _COMPILING_CLI = """
+import signal
+# SIGINT as a terminal starts a command: a test run started in the background (nohup, `cmd &` in a
+# script) ignores SIGINT, and its children inherit that.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import jax, jax.numpy as jnp
 from asarm_jax.cli import common
 
