@@ -162,7 +162,7 @@ class FilledBatch:
   out: sampling.SampleOutput  # [batch_size] rows
   num_valid: np.ndarray       # int32 [batch_size]: each row's sequence length
   generated: np.ndarray       # int32 [batch_size]: hidden tokens of each row
-  seconds: float              # run time of the call, compilation excluded
+  seconds: float              # run time of the call (median of timing_repeats), no compile
   compile_seconds: float      # 0.0 when the compilation was cached
 
   @property
@@ -231,7 +231,8 @@ def _check_sizes(**sizes: int) -> None:
 
 def fill_examples(params, cfg: ModelConfig, examples: Sequence[Example], rng, *,
                   batch_size: int = 16, length_bucket: int = 64, order: str = "left_to_right",
-                  order_seed: int = 0, **sampler_options) -> list[FilledBatch]:
+                  order_seed: int = 0, timing_repeats: int = 1,
+                  **sampler_options) -> list[FilledBatch]:
   """Fills the hidden positions of every example, in batches of `batch_size` rows.
 
   Args:
@@ -243,6 +244,8 @@ def fill_examples(params, cfg: ModelConfig, examples: Sequence[Example], rng, *,
     order: the order of the hidden positions, one of `ORDERS` (`masks.ORDER_HELP`): the default
       "left_to_right" is the paper's; "random" gives each example its own uniformly random order.
     order_seed: seed of the random orders.
+    timing_repeats: runs of each compiled call; `FilledBatch.seconds` is their median
+      (`sampling.Sampler.timed`). 1 fills the examples once; more only steady the timings.
     **sampler_options: method, draft_len, temperature, top_k, top_p, banned_ids, use_cache,
       adaptive, drafter, adaptive_order (not a fixed order's law; it overrides `order` beyond the
       prompt), and the lossy r_atol and draft_only_temperature (see `sampling.Sampler.create`).
@@ -253,7 +256,7 @@ def fill_examples(params, cfg: ModelConfig, examples: Sequence[Example], rng, *,
   Raises:
     ValueError: a bad example or option, before anything is compiled.
   """
-  _check_sizes(batch_size=batch_size, length_bucket=length_bucket)
+  _check_sizes(batch_size=batch_size, length_bucket=length_bucket, timing_repeats=timing_repeats)
   masks_lib.check_order_name(order)  # before anything is compiled
   check_examples(examples, cfg)
   sampling.Sampler.create(cfg, **sampler_options)  # every option checked before any compilation
@@ -266,7 +269,8 @@ def fill_examples(params, cfg: ModelConfig, examples: Sequence[Example], rng, *,
         [examples[index] for index in rows], length, order=order, order_seed=order_seed,
         indices=rows)
     out, compile_seconds, seconds = sampler.timed(
-        params, tokens, ranks, num_prompt, row_keys[np.asarray(rows)], num_valid=num_valid)
+        params, tokens, ranks, num_prompt, row_keys[np.asarray(rows)], num_valid=num_valid,
+        repeats=timing_repeats)
     filled.append(FilledBatch(indices=indices, out=out, num_valid=num_valid,
                               generated=num_valid - num_prompt, seconds=seconds,
                               compile_seconds=compile_seconds))

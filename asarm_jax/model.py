@@ -245,6 +245,12 @@ class RowLayout:
                score_bias=jnp.where(mask, 0.0, _MASKED_SCORE)[:, None].astype(jnp.float32),
                attends=jnp.any(mask, axis=-1)[:, None, :, None])
 
+  def rows_from(self, start: int) -> "RowLayout":
+    """The layout of rows start.. only (the query rows, when `start` is the number of content
+    rows)."""
+    return RowLayout(starts=self.starts[:, start:], score_bias=self.score_bias[:, :, start:],
+                     attends=self.attends[:, :, start:])
+
 
 class FeedForward(nn.Module):
   """Position-wise feed-forward with a post-LN residual."""
@@ -280,15 +286,18 @@ class TwoStreamLayer(nn.Module):
     return self.attention.relative_keys(table)
 
   def __call__(self, h, content_positions, g, rows: RowLayout, layer_keys, layer_values,
-               rel_keys, *, full: bool, deterministic: bool):
+               rel_keys, *, full: bool, last: bool, deterministic: bool):
     """Advances content rows h [B, S, M] and query rows g [B, Q, M] by one layer.
 
     `rows` lays out the S + Q rows (content first). Keys/values of the new content rows are written
     at `content_positions` (out-of-range positions are dropped); with `full=True` the rows are all N
     positions in order and replace the keys/values. Both streams go through the shared weights as
     one block of S + Q rows (they attend over the same keys, and everything else is row-wise).
+    In the `last` layer only the query rows go through attention and feed-forward: the content
+    rows' keys/values are all that is used of them (logits are read from the query stream).
 
-    Returns (h [B, S, M], g [B, Q, M], keys [B, H, D, N], values [B, H, N, D]).
+    Returns (h [B, S, M] (the input h in the `last` layer), g [B, Q, M], keys [B, H, D, N],
+    values [B, H, N, D]).
     """
     new_keys, new_values = self.attention.keys_values(h)  # [B, H, S, D]
     if full:
@@ -300,10 +309,15 @@ class TwoStreamLayer(nn.Module):
       values = layer_values.at[batch_rows, :, content_positions].set(
           new_values.transpose(0, 2, 1, 3).astype(layer_values.dtype), mode="drop")
     num_content = h.shape[1]
-    x = jnp.concatenate([h, g.astype(h.dtype)], axis=1)  # [B, S + Q, M]
+    if last:
+      x, rows = g.astype(h.dtype), rows.rows_from(num_content)  # [B, Q, M]
+    else:
+      x = jnp.concatenate([h, g.astype(h.dtype)], axis=1)  # [B, S + Q, M]
     x = self.attention(x, rows, keys, values, rel_keys, deterministic=deterministic)
     x = self.ff(x, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    if last:
+      return h, x, keys, values
     return x[:, :num_content], x[:, num_content:], keys, values
 
 
@@ -428,7 +442,8 @@ class ASARM(nn.Module):
       layer_keys = None if cache is None else cache.keys[index]
       layer_values = None if cache is None else cache.values[index]
       h, g, k, v = layer(h, content_positions, g, rows, layer_keys, layer_values, rel_keys[index],
-                         full=cache is None, deterministic=deterministic)
+                         full=cache is None, last=index == len(self.layers) - 1,
+                         deterministic=deterministic)
       keys.append(k)
       values.append(v)
     g = self.dropout(g, deterministic=deterministic)

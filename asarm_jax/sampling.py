@@ -863,18 +863,27 @@ class Sampler:
     """The compiled program for `batch`'s shapes: call it as `compiled(params, batch)`."""
     return _run.lower(params, batch, sampler=self).compile()
 
-  def timed(self, params, tokens, ranks, num_prompt, rng, *, num_valid=None
+  def timed(self, params, tokens, ranks, num_prompt, rng, *, num_valid=None, repeats: int = 1
             ) -> tuple[SampleOutput, float, float]:
     """`__call__`, compiled first: returns (output, compile seconds, run seconds).
 
+    With `repeats` > 1 the compiled program runs that many times on the same inputs (the same
+    output each time) and the run seconds are their median: a single run right after compiling
+    can carry one-time costs (buffer allocation, thread start-up) that are not the sampler's.
     Compilations are cached, so only the first call with a given shape pays for one.
     """
+    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
+      raise ValueError(f"repeats must be an integer >= 1; got {repeats!r}")
     batch = self.batch(tokens, ranks, num_prompt, rng, num_valid)
     start = time.perf_counter()
     compiled = self.compile(params, batch)
-    compiled_at = time.perf_counter()
-    out = jax.block_until_ready(compiled(params, batch))
-    return out, compiled_at - start, time.perf_counter() - compiled_at
+    compile_seconds = time.perf_counter() - start
+    run_seconds = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      out = jax.block_until_ready(compiled(params, batch))
+      run_seconds.append(time.perf_counter() - start)
+    return out, compile_seconds, float(np.median(run_seconds))
 
 
 def _batch_shape(tokens) -> tuple[int, int] | None:
@@ -895,7 +904,9 @@ def sample(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, *, num_vali
 
 
 def timed_sample(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, *, num_valid=None,
-                 **options) -> tuple[SampleOutput, float, float]:
-  """`sample`, compiled first: returns (output, compile seconds, run seconds)."""
+                 repeats: int = 1, **options) -> tuple[SampleOutput, float, float]:
+  """`sample`, compiled first: returns (output, compile seconds, median run seconds of `repeats`
+  runs; see `Sampler.timed`)."""
   sampler = Sampler.create(cfg, batch_shape=_batch_shape(tokens), **options)
-  return sampler.timed(params, tokens, ranks, num_prompt, rng, num_valid=num_valid)
+  return sampler.timed(params, tokens, ranks, num_prompt, rng, num_valid=num_valid,
+                       repeats=repeats)

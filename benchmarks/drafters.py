@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -53,16 +52,8 @@ def time_sampler(model, problem, options: dict[str, Any], seed: int
                  ) -> tuple[dict[str, Any], Any]:
   """Compiles, then times REPEATS runs (the median counts): (the figures, the SampleOutput)."""
   sampler = sampling.Sampler.create(model.cfg, batch_shape=problem.tokens.shape, **options)
-  batch = sampler.batch(problem.tokens, problem.ranks, problem.num_prompt, jax.random.key(seed))
-  start = time.perf_counter()
-  compiled = sampler.compile(model.params, batch)
-  compile_s = time.perf_counter() - start
-  times = []
-  for _ in range(REPEATS):
-    start = time.perf_counter()
-    out = jax.block_until_ready(compiled(model.params, batch))
-    times.append(time.perf_counter() - start)
-  run_s = statistics.median(times)
+  out, compile_s, run_s = sampler.timed(model.params, problem.tokens, problem.ranks,
+                                        problem.num_prompt, jax.random.key(seed), repeats=REPEATS)
   generated = problem.tokens.shape[1] - problem.num_prompt
   nfe, rounds = float(np.mean(out.nfe)), float(np.mean(out.rounds))
   return {"nfe": nfe, "rounds": rounds, "tokens_per_round": generated / rounds,

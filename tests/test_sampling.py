@@ -49,6 +49,21 @@ def test_sequential_accounting(model, ragged):
   np.testing.assert_array_equal(out.accepted, 0)
 
 
+def test_timed_repeats_give_the_same_output_and_a_run_time(model, ragged):
+  cfg, params = model
+  tokens, ranks, num_prompt = ragged
+  rng = jax.random.key(3)
+  once = sampling.sample(params, cfg, tokens, ranks, num_prompt, rng, method="sequential")
+  out, compile_seconds, run_seconds = sampling.timed_sample(
+      params, cfg, tokens, ranks, num_prompt, rng, method="sequential", repeats=3)
+  np.testing.assert_array_equal(out.tokens, once.tokens)
+  assert compile_seconds > 0 and run_seconds > 0
+  for bad in (0, -1, 1.5, True):
+    with pytest.raises(ValueError, match="repeats"):
+      sampling.timed_sample(params, cfg, tokens, ranks, num_prompt, rng, method="sequential",
+                            repeats=bad)
+
+
 @pytest.mark.parametrize("draft_len", [3, 8])
 def test_context_free_model_accepts_every_draft(model, ragged, draft_len):
   """When every draft law equals its verify law (a model whose attention output is zero), ASSD keeps
