@@ -1,5 +1,5 @@
 """Test-wide set-up: 8 simulated CPU devices, float32 matmuls at full precision; the sampling
-tests' shared fixtures."""
+tests' shared fixtures; the tiny Hugging Face XLNet checkpoint."""
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -36,3 +36,13 @@ def model():
 def ragged():
   """lib.BATCH ragged rows (`lib.ragged_batch`): (tokens, ranks, num_prompt)."""
   return lib.ragged_batch(lib.BATCH)
+
+
+@pytest.fixture(scope="session")
+def hf(tmp_path_factory):
+  """The tiny Hugging Face XLNet checkpoint in both directory layouts
+  (`hf_xlnet_helpers.build_hf_xlnet`), built once per session: tests only read it."""
+  pytest.importorskip("torch")
+  pytest.importorskip("transformers")
+  import hf_xlnet_helpers  # pylint: disable=import-outside-toplevel (torch: only where needed)
+  return hf_xlnet_helpers.build_hf_xlnet(tmp_path_factory.mktemp("hf_xlnet"))
