@@ -3,6 +3,7 @@
 python -m benchmarks.drafters --workdir runs/default     # the trained default model
 python -m benchmarks.drafters --random_model             # untrained, configs/default.py's sizes
 python -m benchmarks.drafters --quick                    # tiny random model, N=32: a smoke run
+python -m benchmarks.drafters --quick --workdir DIR      # N=32 on DIR's model
 
 1. Drafters (exact): held-out stdlib text (benchmarks/sampling.py's problems), 50% and 90% hidden,
    left-to-right order, batch 1, temperature 1: NFE, tokens per round and tokens/s of
@@ -153,7 +154,7 @@ def run_benchmark(*, workdir: str | None, random_model: bool, quick: bool, out: 
   """Runs both parts and writes the JSON and Markdown reports."""
   start = time.perf_counter()
   model, tokenizer = sampling_benchmark.load_model(workdir=workdir, random_model=random_model,
-                                                   quick=quick, seed=seed)
+                                                   seed=seed)
   length = min(32 if quick else 512, model.cfg.max_len)
   rows = text_rows(model, tokenizer, length=length, draft_len=draft_len, seed=seed)
   rows += enumerable_rows(draft_len, seed)
@@ -179,7 +180,8 @@ def define_common_flags(name: str, draft_len_help: str) -> None:
   results file's stem)."""
   from absl import flags  # pylint: disable=import-outside-toplevel
 
-  flags.DEFINE_bool("quick", False, "Tiny random model, N=32: a smoke run.")
+  flags.DEFINE_bool("quick", False, "N=32: a smoke run, of a tiny random model unless a model "
+                    "is named.")
   flags.DEFINE_string("out", None, f"JSON output (default benchmarks/results/{name}.json); the "
                       ".md table is written next to it.")
   flags.DEFINE_integer("draft_len", sampling.DEFAULT_DRAFT_LEN, draft_len_help)

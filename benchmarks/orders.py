@@ -3,6 +3,7 @@
 python -m benchmarks.orders --run left_to_right=runs/default --run random=runs/order_random \
     --run mixture=runs/order_mixture
 python -m benchmarks.orders --quick     # one tiny random model, N=32: a smoke run
+python -m benchmarks.orders --quick --run left_to_right=runs/default   # N=32 on those runs
 
 For every trained run (labelled by the order it was trained with) and every decoding order of
 `masks.ORDERS`:
@@ -97,8 +98,7 @@ def choose_order(quality: list[dict[str, Any]], speed: list[dict[str, Any]],
 def measure_run(label: str, workdir: str | None, *, quick: bool, draft_len: int, seed: int
                 ) -> dict[str, Any]:
   """Quality and speed rows of one run, and its chosen order."""
-  model, tokenizer = sampling_benchmark.load_model(workdir=workdir, random_model=False,
-                                                   quick=quick, seed=seed)
+  model, tokenizer = sampling_benchmark.load_model(workdir=workdir, random_model=False, seed=seed)
   if quick:
     settings = heldout_loss.run_settings({"seq_len": 32, "eval_batch_size": 4,
                                           "num_eval_batches": 2}, model.cfg.max_len)
@@ -194,7 +194,7 @@ def main() -> None:
   values = flags.FLAGS
   if not values.run and not values.quick:
     raise ValueError("name the runs: --run LABEL=DIR (repeatable), or --quick")
-  runs = [("tiny_random", None)] if values.quick else parse_runs(values.run)
+  runs = parse_runs(values.run) if values.run else [("tiny_random", None)]
   run_benchmark(runs, quick=values.quick, out=values.out, draft_len=values.draft_len,
                 seed=values.seed, command=" ".join(["python -m benchmarks.orders", *sys.argv[1:]]))
 

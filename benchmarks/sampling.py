@@ -3,6 +3,7 @@
 python -m benchmarks.sampling --workdir runs/default [--out benchmarks/results/sampling.json]
 python -m benchmarks.sampling --random_model      # untrained model of configs/default.py's sizes
 python -m benchmarks.sampling --quick             # tiny random model, N=32: a < 60 s smoke run
+python -m benchmarks.sampling --quick --workdir DIR  # the quick plan on DIR's model
 
 One run, one machine, one model, the same prompts for every method: chunks of N tokens of held-out
 text (the stdlib corpus's validation split, cut with the model's tokenizer), with a random subset of
@@ -186,17 +187,11 @@ def _random_params(cfg: ModelConfig, seed: int):
   return init_params(cfg, jax.random.key(seed))
 
 
-def load_model(*, workdir: str | None, random_model: bool, quick: bool, seed: int
-               ) -> tuple[Model, Any]:
-  """The model under test and its tokenizer."""
-  if quick:
-    tokenizer = _train_split_tokenizer(QUICK_VOCAB, 300_000)
-    cfg = ModelConfig(vocab_size=tokenizer.vocab_size, mask_token_id=tokenizer.mask_id,
-                      **QUICK_MODEL)
-    return Model("tiny_random", cfg, _random_params(cfg, seed),
-                 f"untrained tiny model {QUICK_MODEL} (quick mode; numbers are a smoke test)"
-                 ), tokenizer
-  if random_model:
+def load_model(*, workdir: str | None, random_model: bool, seed: int) -> tuple[Model, Any]:
+  """The model under test and its tokenizer: `workdir`'s (a run or an HF XLNet directory), else
+  with `random_model` an untrained one of configs/default.py's sizes, else the quick plan's tiny
+  random model."""
+  if workdir is None and random_model:
     from configs import default as default_config
     config = default_config.get_config()
     tokenizer = _train_split_tokenizer(config.data.vocab_size, 2_000_000)
@@ -205,6 +200,13 @@ def load_model(*, workdir: str | None, random_model: bool, quick: bool, seed: in
     return Model("random_default_size", cfg, _random_params(cfg, seed),
                  "UNTRAINED model with configs/default.py's sizes (init_params): timings are "
                  "representative, NFE and acceptance rates are not"), tokenizer
+  if workdir is None:
+    tokenizer = _train_split_tokenizer(QUICK_VOCAB, 300_000)
+    cfg = ModelConfig(vocab_size=tokenizer.vocab_size, mask_token_id=tokenizer.mask_id,
+                      **QUICK_MODEL)
+    return Model("tiny_random", cfg, _random_params(cfg, seed),
+                 f"untrained tiny model {QUICK_MODEL} (quick mode; numbers are a smoke test)"
+                 ), tokenizer
   from asarm_jax import checkpoint, loading  # orbax: slow to import, only needed here
   loaded = loading.load(workdir)
   description = (f"trained checkpoint {workdir} (step {checkpoint.latest_step(workdir)})"
@@ -653,7 +655,8 @@ def run_benchmark(*, workdir: str | None = None, random_model: bool = False, qui
   Args:
     workdir: a training run directory or a Hugging Face XLNet directory (`asarm_jax.load`).
     random_model: an untrained model with configs/default.py's sizes instead of `workdir`.
-    quick: the quick plan (tiny random model, N=32); ignores `workdir` and `random_model`.
+    quick: the quick plan (N=32, few configurations), of the tiny random model unless
+      `workdir` or `random_model` names a model.
     out: the JSON path (default benchmarks/results/sampling.json, or sampling_quick.json).
     seed: seeds the hidden subsets, the random models and the samplers.
     temperature, top_k, top_p: the sampling settings of every method (the HF peer's too).
@@ -669,8 +672,9 @@ def run_benchmark(*, workdir: str | None = None, random_model: bool = False, qui
   Raises:
     ValueError: no model named, or both.
   """
-  if not quick and random_model == (workdir is not None):
-    raise ValueError("name exactly one model: --workdir DIR or --random_model (or use --quick)")
+  if (random_model and workdir is not None) or not (quick or random_model or workdir):
+    raise ValueError("name exactly one model: --workdir DIR or --random_model (or use --quick: "
+                     "a tiny random model)")
   start = time.perf_counter()
   load_at_start = list(os.getloadavg())
   plan = QUICK_PLAN if quick else FULL_PLAN
@@ -678,7 +682,7 @@ def run_benchmark(*, workdir: str | None = None, random_model: bool = False, qui
     plan = dataclasses.replace(plan, repeats=repeats)
   out = pathlib.Path(out or RESULTS_DIR / f"sampling{'_quick' if quick else ''}.json")
   sampling_options = dict(temperature=temperature, top_k=top_k, top_p=top_p)
-  model, tokenizer = load_model(workdir=workdir, random_model=random_model, quick=quick, seed=seed)
+  model, tokenizer = load_model(workdir=workdir, random_model=random_model, seed=seed)
   log(f"model: {model.description}; {model.cfg}")
   models = {}  # N -> the model that runs it
 
@@ -786,7 +790,8 @@ def _define_flags() -> None:
                       "the model under test.")
   flags.DEFINE_bool("random_model", False,
                     "Use an untrained model with configs/default.py's sizes instead.")
-  flags.DEFINE_bool("quick", False, "Tiny random model, N=32, few configurations (< 60 s).")
+  flags.DEFINE_bool("quick", False, "The quick plan: N=32, few configurations (< 60 s), of a "
+                    "tiny random model unless --workdir or --random_model names one.")
   flags.DEFINE_string("out", None, "JSON output (default benchmarks/results/sampling.json); the "
                       ".md table and .png plot are written next to it.")
   flags.DEFINE_integer("seed", 0, "Seeds hidden subsets, random models and samplers.")

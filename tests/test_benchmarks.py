@@ -135,10 +135,9 @@ def test_quick_benchmark_writes_its_reports(quick_results):
   assert {r["implementation"] for r in results["results"]} == {"asarm_jax", "hf_torch"}
 
 
-def test_quick_benchmark_covers_every_configuration(quick_results):
+def _assert_covers_the_quick_plan(results):
   """Each planned (setting, method, cache) is either measured or skipped with a reason."""
   from benchmarks import sampling as bench
-  _, results = quick_results
   done = {(r["seq_len"], r["hidden_fraction"], r["batch"],
            bench.HF if r["implementation"] == bench.HF else r["method"], r["use_cache"], r["order"])
           for r in results["results"]}
@@ -152,6 +151,10 @@ def test_quick_benchmark_covers_every_configuration(quick_results):
   assert all(s["reason"] for s in results["skipped"])
 
 
+def test_quick_benchmark_covers_every_configuration(quick_results):
+  _assert_covers_the_quick_plan(quick_results[1])
+
+
 def test_readme_states_the_plan_sizes():
   """benchmarks/README.md's configuration counts are the plans' (they once drifted apart)."""
   from benchmarks import sampling as bench
@@ -162,9 +165,8 @@ def test_readme_states_the_plan_sizes():
   assert f"`QUICK_PLAN` ({quick})" in readme
 
 
-def test_quick_benchmark_numbers_are_consistent(quick_results):
-  _, results = quick_results
-  rows = results["results"]
+def _assert_rows_consistent(rows):
+  """Every row's counts, times and ratios agree with each other and with its peers' rows."""
   sequential = {(r["seq_len"], r["hidden_fraction"], r["batch"], r["order"], r["use_cache"]): r
                 for r in rows if r["implementation"] == "asarm_jax" and r["method"] == "sequential"}
   hf = {(r["seq_len"], r["hidden_fraction"], r["batch"], r["order"]): r for r in rows
@@ -196,6 +198,36 @@ def test_quick_benchmark_numbers_are_consistent(quick_results):
       assert r["speedup_vs_hf"] == pytest.approx(peer["run_seconds"] / r["run_seconds"])
     else:
       assert r["speedup_vs_hf"] is None
+
+
+def test_quick_benchmark_numbers_are_consistent(quick_results):
+  _assert_rows_consistent(quick_results[1]["results"])
+
+
+def test_benchmark_cli_runs_the_quick_plan_on_an_hf_directory(hf, tmp_path):
+  """`python -m benchmarks.sampling --workdir <HF XLNet dir> --quick`: the quick plan on that model
+  (XLNet's tokenizer cuts the prompts), every configuration accounted for, the numbers consistent,
+  the HF-torch peer on the same weights; nothing written to the directory."""
+  import hf_xlnet_helpers  # pylint: disable=import-outside-toplevel (torch: only where needed)
+  directory, out = hf.dirs["json"], tmp_path / "hf.json"
+  before = hf_xlnet_helpers.snapshot(directory)
+  root = pathlib.Path(__file__).resolve().parent.parent
+  done = subprocess.run([sys.executable, "-m", "benchmarks.sampling", f"--workdir={directory}",
+                         "--quick", "--repeats=1", "--noplot", f"--out={out}"], cwd=root,
+                        capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "PYTHONPATH": str(root)})
+  assert done.returncode == 0, done.stderr[-3000:]
+  results = json.loads(out.read_text())
+  assert results["mode"] == "quick" and results["plan"]["repeats"] == 1
+  assert results["model"]["label"] == "trained" and not results["model"]["others"]
+  assert results["model"]["description"] == f"Hugging Face XLNet directory {directory}"
+  assert results["model"]["config"]["vocab_size"] == len(hf.reference["json"])
+  assert results["model"]["config"]["mask_token_id"] == 6
+  assert {r["implementation"] for r in results["results"]} == {"asarm_jax", "hf_torch"}
+  _assert_covers_the_quick_plan(results)
+  _assert_rows_consistent(results["results"])
+  assert not out.with_suffix(".png").exists() and "| target |" in out.with_suffix(".md").read_text()
+  assert hf_xlnet_helpers.snapshot(directory) == before
 
 
 def test_quick_benchmark_targets_are_ratios_of_measured_values(quick_results):
