@@ -1,8 +1,10 @@
-"""Evaluations: HumanEval infilling pipeline, held-out loss, story infilling, the CLI."""
+"""Evaluations: HumanEval infilling pipeline, held-out loss, story infilling, the CLI (on a run
+directory and on the tests' tiny Hugging Face XLNet directory)."""
 import json
 import math
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -90,6 +92,8 @@ def test_humaneval_pipeline_oracle_passes_and_model_middles_fail(model, tasks):
                                       **SMALL)
   # Every prompt is longer than 64 tokens here, so the context was cut, and nothing crashed.
   assert results["settings"]["skipped_too_long"] == 0
+  assert results["settings"]["lossy_tasks"] == 0  # our tokenizer keeps code as it is
+  assert "LOSSY" not in humaneval_infill.table(results)
   oracle = results["methods"]["oracle"]
   assert oracle["pass_at_1"] == 1.0, [t["detail"] for t in oracle["tasks"]]
   assert [t["completion"] for t in oracle["tasks"]] == [t.middle for t in tasks]
@@ -277,6 +281,65 @@ def test_cli_heldout_loss_defaults_score_what_training_scored(tmp_path, run_dir)
   assert (results["settings"]["num_batches"], results["settings"]["batch_size"]) == (1, 8)
   assert results["losses"][0]["hidden_tokens"] == trained["eval/hidden_tokens@0.5"]
   assert results["losses"][0]["loss_nats"] == pytest.approx(trained["eval/loss@0.5"], rel=1e-5)
+
+
+def test_cli_humaneval_refuses_code_an_hf_tokenizer_cannot_keep(hf, tmp_path):
+  """XLNet's tokenizer folds newlines and indentation: one error line naming the first loss and the
+  flag, exit status 2, before anything is sampled; nothing written."""
+  import hf_xlnet_helpers  # pylint: disable=import-outside-toplevel (torch: only where needed)
+  before = hf_xlnet_helpers.snapshot(hf.dirs["json"])
+  done = _evals_cli("--workdir", str(hf.dirs["json"]), "--task", "humaneval_infill", "--limit",
+                    "2", "--out", str(tmp_path / "refused.json"))
+  lines = done.stderr.strip().splitlines()
+  assert done.returncode == 2 and len(lines) == 1, done.stderr[-3000:]
+  assert re.fullmatch(
+      r"error: the tokenizer cannot keep the code of 2 of the 2 tasks as it is \(first "
+      r"HumanEval/\d+/L\d+: in its prefix, a newline at character \d+.*\); .*pass "
+      r"allow_lossy_tokenization=True \(--allow_lossy_tokenization\) to evaluate it anyway",
+      lines[0]), lines[0]
+  assert not (tmp_path / "refused.json").exists()
+  assert hf_xlnet_helpers.snapshot(hf.dirs["json"]) == before
+
+
+def test_cli_humaneval_with_allow_lossy_tokenization_on_an_hf_directory(hf, tmp_path):
+  """--allow_lossy_tokenization: it runs and says LOSSY; the oracle's line comes back with its
+  whitespace folded (no indentation, no newline), so even the oracle fails."""
+  out = tmp_path / "lossy.json"
+  done = _evals_cli("--workdir", str(hf.dirs["json"]), "--task", "humaneval_infill", "--limit",
+                    "2", "--method", "sequential,oracle", "--max_len", "64", "--batch_size", "2",
+                    "--allow_lossy_tokenization", "--out", str(out))
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "LOSSY tokenization: the tokenizer changed the code of 2 tasks" in done.stdout
+  results = json.loads(out.read_text())
+  assert results["settings"]["lossy_tasks"] == 2 and results["settings"]["num_tasks"] == 2
+  middles = {task.task_id: task.middle for task in humaneval_tasks.load_tasks()}
+  oracle = results["methods"]["oracle"]
+  assert [t["completion"] for t in oracle["tasks"]] == [
+      " ".join(middles[t["task_id"]].split()) for t in oracle["tasks"]]
+  assert oracle["pass_at_1"] == 0.0 and oracle["statuses"] == {"failed": 2}
+  sequential = results["methods"]["sequential"]
+  assert sequential["total"] == 2 and len(sequential["tasks"]) == 2
+  assert sequential["sampling"]["nfe"] == sequential["sampling"]["tokens"] > 0
+
+
+def test_cli_story_infill_on_an_hf_directory(hf, tmp_path):
+  """story_infill runs on the HF directory and reports its ROUGE; the oracle's fill is the hidden
+  sentence with XLNet's whitespace folding, which ROUGE does not see (1.0)."""
+  out = tmp_path / "story.json"
+  done = _evals_cli("--workdir", str(hf.dirs["json"]), "--task", "story_infill", "--dataset",
+                    "stdlib", "--limit", "2", "--method", "sequential,oracle", "--max_len", "64",
+                    "--batch_size", "2", "--out", str(out))
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "ROUGE-1" in done.stdout
+  results = json.loads(out.read_text())
+  assert results["settings"]["num_stories"] == 2 and results["settings"]["skipped_too_long"] == 0
+  oracle, sequential = results["methods"]["oracle"], results["methods"]["sequential"]
+  assert all(oracle[k] == 1.0 for k in story_infill.ROUGE_TYPES)
+  assert [e["fill"] for e in oracle["examples"]] == [
+      " ".join(e["reference"].split()) for e in oracle["examples"]]
+  assert all(0.0 <= sequential[k] <= 1.0 for k in story_infill.ROUGE_TYPES)
+  assert sequential["count"] == 2
+  assert sequential["sampling"]["nfe"] == sequential["sampling"]["tokens"] > 0
 
 
 def test_method_labels():

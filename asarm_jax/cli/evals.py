@@ -11,7 +11,9 @@ python -m asarm_jax.evals --workdir runs/default --task story_infill --dataset t
 heldout_loss samples with the first one. The results go to --out, by default
 <workdir>/evals/<task>.json. --workdir may also be a Hugging Face XLNet directory (see
 `asarm_jax.load`); it has no training config, so the defaults stand in for the run's settings
-(seq_len = the model's max_len, seed 0, the stdlib held-out data).
+(seq_len = the model's max_len, seed 0, the stdlib held-out data). XLNet's tokenizer cannot keep
+code's newlines and indentation: humaneval_infill refuses it unless --allow_lossy_tokenization (see
+`asarm_jax.evals.humaneval_infill`).
 """
 from __future__ import annotations
 
@@ -55,6 +57,9 @@ _OUT = flags.DEFINE_string("out", None, "JSON results file (default <workdir>/ev
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default latest).")
 _TIMEOUT = flags.DEFINE_float("timeout", 10.0, "humaneval_infill: seconds per program.")
 _WORKERS = flags.DEFINE_integer("workers", 2, "humaneval_infill: programs run at once.")
+_ALLOW_LOSSY = flags.DEFINE_bool(
+    "allow_lossy_tokenization", False, "humaneval_infill: evaluate code the tokenizer cannot keep "
+    "as it is (XLNet's folds newlines and indentation), instead of refusing; the results say so.")
 _ORDER = flags.DEFINE_enum(
     "order", "left_to_right", list(masks.ORDERS),
     f"humaneval_infill, story_infill: order of the hidden positions ({masks.ORDER_HELP}).")
@@ -138,7 +143,7 @@ def main():
         params, cfg, tokenizer, methods=methods, limit=_LIMIT.value,
         subset_seed=_SUBSET_SEED.value, max_len=max_len, temperature=_TEMPERATURE.value,
         top_p=_TOP_P.value, timeout_s=_TIMEOUT.value, workers=_WORKERS.value,
-        order=_ORDER.value, **sampler)
+        order=_ORDER.value, allow_lossy_tokenization=_ALLOW_LOSSY.value, **sampler)
   elif task == "heldout_loss":
     module = heldout_loss
     run.update(num_batches=_NUM_BATCHES.value or run["num_batches"], **sampler)

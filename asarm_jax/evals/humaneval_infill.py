@@ -15,6 +15,13 @@ counted as failed ('skipped' in the per-task records); nothing crashes.
 
 `limit` evaluates a seeded uniform sample of the tasks (without replacement, numpy
 `default_rng(subset_seed)`), in task order; None evaluates all of them.
+
+Tokenizers that cannot keep code as it is: XLNet's (an HF XLNet directory, or a run fine-tuned from
+one) folds newlines and indentation into single spaces, so the model would see and write code
+without its layout, and even the reference line would come back unindented and fail. Like
+`infilling.infill`, the evaluation refuses such tasks, naming the first loss (`lossy_tasks`), unless
+`allow_lossy_tokenization=True`; then it runs, and its settings (`lossy_tasks`) and table say how
+many tasks' code the tokenizer changed.
 """
 from __future__ import annotations
 
@@ -46,6 +53,20 @@ def select_tasks(tasks: Sequence[InfillTask], limit: int | None,
   return [tasks[i] for i in sorted(chosen.tolist())]
 
 
+def lossy_tasks(tasks: Sequence[InfillTask], tokenizer) -> list[tuple[str, str]]:
+  """(task id, what is lost) of each task whose prefix, hidden line or suffix `tokenizer` cannot
+  round-trip (`lossy_reason`; characters counted in that part)."""
+  found = []
+  for task in tasks:
+    for part, text in (("prefix", task.prefix), ("hidden line", task.middle),
+                       ("suffix", task.suffix)):
+      reason = tokenizer.lossy_reason(text)
+      if reason is not None:
+        found.append((task.task_id, f"in its {part}, {reason}"))
+        break
+  return found
+
+
 def pose(task: InfillTask, tokenizer, max_len: int) -> infilling.Example | None:
   """The task as an infilling example of at most `max_len` tokens (None if it cannot fit)."""
   prefix, middle, suffix = (tokenizer.encode(task.prefix), tokenizer.encode(task.middle),
@@ -61,7 +82,8 @@ def evaluate(params, cfg, tokenizer, *, methods: Sequence[str] = ("sequential", 
              draft_len: int = sampling.DEFAULT_DRAFT_LEN, temperature: float = 1.0,
              top_p: float = 1.0, order: str = "left_to_right",
              batch_size: int = 16, seed: int = 0, timeout_s: float = 10.0, workers: int = 2,
-             tasks: Sequence[InfillTask] | None = None) -> dict[str, Any]:
+             tasks: Sequence[InfillTask] | None = None,
+             allow_lossy_tokenization: bool = False) -> dict[str, Any]:
   """pass@1 of every method on the (selected) HumanEval single-line infilling tasks.
 
   Args:
@@ -79,14 +101,28 @@ def evaluate(params, cfg, tokenizer, *, methods: Sequence[str] = ("sequential", 
     timeout_s: wall-clock limit of one program in the sandbox.
     workers: programs run concurrently.
     tasks: the task list (default: all 1033 from `humaneval_tasks.load_tasks()`).
+    allow_lossy_tokenization: evaluate tasks whose code the tokenizer cannot keep as it is (see
+      the module docstring) instead of refusing them.
 
   Returns:
-    A JSON-ready dict: settings, and per method pass@1, counts by status, sampling statistics and
-    per-task records.
+    A JSON-ready dict: settings (`lossy_tasks`: the tasks whose code the tokenizer changed), and
+    per method pass@1, counts by status, sampling statistics and per-task records.
+
+  Raises:
+    ValueError: a task the tokenizer cannot keep (unless `allow_lossy_tokenization`), naming the
+      first loss, before anything is sampled; a bad option.
   """
   max_len = cfg.max_len if max_len is None else min(max_len, cfg.max_len)
   all_tasks = humaneval_tasks.load_tasks() if tasks is None else list(tasks)
   selected = select_tasks(all_tasks, limit, subset_seed)
+  lossy = lossy_tasks(selected, tokenizer)
+  if lossy and not allow_lossy_tokenization:
+    task_id, reason = lossy[0]
+    raise ValueError(
+        f"the tokenizer cannot keep the code of {len(lossy)} of the {len(selected)} tasks as it "
+        f"is (first {task_id}: {reason}); the model would see and write code without its "
+        "layout and even the reference line would fail; pass allow_lossy_tokenization=True "
+        "(--allow_lossy_tokenization) to evaluate it anyway")
   posed = [pose(task, tokenizer, max_len) for task in selected]
   usable = [i for i, example in enumerate(posed) if example is not None]
   examples = [posed[i] for i in usable]
@@ -97,7 +133,7 @@ def evaluate(params, cfg, tokenizer, *, methods: Sequence[str] = ("sequential", 
                        else f"seeded uniform sample (subset_seed={subset_seed})",
                        max_len=max_len, draft_len=draft_len, temperature=temperature,
                        top_p=top_p, batch_size=batch_size, seed=seed, timeout_s=timeout_s,
-                       order=order,
+                       order=order, lossy_tasks=len(lossy),
                        skipped_too_long=len(selected) - len(usable)),
       "methods": {},
   }
@@ -142,5 +178,11 @@ TITLE = ("HumanEval single-line infilling: {num_tasks} of {of_tasks} tasks ({sub
 
 
 def table(results: dict[str, Any]) -> str:
-  """The printed table of `evaluate`'s results: pass@1 and the sampling cost per method."""
-  return report.methods_table(results, COLUMNS, TITLE.format(**results["settings"]))
+  """The printed table of `evaluate`'s results: pass@1 and the sampling cost per method; the
+  title says LOSSY when the tokenizer changed tasks' code."""
+  settings = results["settings"]
+  title = TITLE.format(**settings)
+  if settings["lossy_tasks"]:
+    title += (f"; LOSSY tokenization: the tokenizer changed the code of {settings['lossy_tasks']} "
+              "tasks (newlines, indentation), so pass@1 is not comparable")
+  return report.methods_table(results, COLUMNS, title)
