@@ -58,11 +58,6 @@ def finetune_config(init_from, **model):
 
 
 @pytest.fixture(scope="module")
-def hf(tmp_path_factory):
-  return hf_xlnet_helpers.build_hf_xlnet(tmp_path_factory.mktemp("hf_xlnet"))
-
-
-@pytest.fixture(scope="module")
 def finetuned(hf, tmp_path_factory):
   """The run directory of 2 fine-tuning steps from the 'json' layout."""
   workdir = tmp_path_factory.mktemp("finetuned") / "run"

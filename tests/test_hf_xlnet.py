@@ -3,7 +3,8 @@ transformers'), `asarm_jax.load` of both directory layouts (spiece.model / token
 run directory, logit parity, one clear error per bad directory with nothing written, infilling
 (lossy texts refused unless allowed) and sample.py on an HF directory.
 
-The checkpoint is built by `hf_xlnet_helpers.build_hf_xlnet` (nothing is downloaded).
+The checkpoint is built by `hf_xlnet_helpers.build_hf_xlnet` (nothing is downloaded), once per
+session (the `hf` fixture of conftest.py).
 """
 import json
 import os
@@ -38,12 +39,6 @@ TRICKY = [
     "<s>specials</s> <cls> <sep> <pad> <eod> <eop> <unk>", "1,000 and 2,500,000 and 3,5",
     "``quoted'' text", "ﬁ ½ Ⅳ \u3000 wide\u00a0space", "emoji 🙂 and 漢字", "UPPER lower MiXeD",
 ]
-
-
-@pytest.fixture(scope="module")
-def hf(tmp_path_factory):
-  """The tiny checkpoint in both layouts (`hf_xlnet_helpers.build_hf_xlnet`)."""
-  return hf_xlnet_helpers.build_hf_xlnet(tmp_path_factory.mktemp("hf_xlnet"))
 
 
 @pytest.fixture(scope="module")
