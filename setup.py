@@ -37,6 +37,7 @@ ACCELERATORS = {
 }
 TEST = [
     "pytest>=8",
+    "pytest-xdist==3.8.0",  # scripts/test.sh runs the suite on one worker per core (at most 4)
     "nbclient>=0.10",
     "nbformat>=5.10",
     "ipykernel>=6.29",
