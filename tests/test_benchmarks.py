@@ -123,6 +123,7 @@ def quick_results(tmp_path_factory):
   return out, json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_quick_benchmark_writes_its_reports(quick_results):
   out, results = quick_results
   assert out.with_suffix(".png").stat().st_size > 1000
@@ -151,6 +152,7 @@ def _assert_covers_the_quick_plan(results):
   assert all(s["reason"] for s in results["skipped"])
 
 
+@pytest.mark.slow
 def test_quick_benchmark_covers_every_configuration(quick_results):
   _assert_covers_the_quick_plan(quick_results[1])
 
@@ -200,10 +202,12 @@ def _assert_rows_consistent(rows):
       assert r["speedup_vs_hf"] is None
 
 
+@pytest.mark.slow
 def test_quick_benchmark_numbers_are_consistent(quick_results):
   _assert_rows_consistent(quick_results[1]["results"])
 
 
+@pytest.mark.slow
 def test_benchmark_cli_runs_the_quick_plan_on_an_hf_directory(hf, tmp_path):
   """`python -m benchmarks.sampling --workdir <HF XLNet dir> --quick`: the quick plan on that model
   (XLNet's tokenizer cuts the prompts), every configuration accounted for, the numbers consistent,
@@ -230,6 +234,7 @@ def test_benchmark_cli_runs_the_quick_plan_on_an_hf_directory(hf, tmp_path):
   assert hf_xlnet_helpers.snapshot(directory) == before
 
 
+@pytest.mark.slow
 def test_quick_benchmark_targets_are_ratios_of_measured_values(quick_results):
   _, results = quick_results
   rows = results["results"]
@@ -263,6 +268,7 @@ def test_quick_benchmark_targets_are_ratios_of_measured_values(quick_results):
     assert value == pytest.approx(runs[False] / runs[True])
 
 
+@pytest.mark.slow
 def test_quick_benchmark_random_order_figure(quick_results):
   """The supplementary NFE ratio is computed from the random-order rows alone."""
   _, results = quick_results
@@ -306,6 +312,7 @@ def real_size_quick(tmp_path_factory):
   return out, json.loads(out.read_text()), lines
 
 
+@pytest.mark.slow
 def test_real_size_quick_covers_every_configuration(real_size_quick):
   """Each (dtype, method, batch) is measured, bfloat16 included; one progress line each."""
   from benchmarks import real_size
@@ -319,6 +326,7 @@ def test_real_size_quick_covers_every_configuration(real_size_quick):
   assert "| target |" in out.with_suffix(".md").read_text()
 
 
+@pytest.mark.slow
 def test_real_size_quick_floors_and_ratios(real_size_quick):
   from benchmarks import real_size
   _, results, _ = real_size_quick
@@ -356,6 +364,7 @@ def test_real_size_quick_floors_and_ratios(real_size_quick):
                                                          / base["ms_per_iteration"])
 
 
+@pytest.mark.slow
 def test_real_size_quick_targets_are_ratios_of_measured_values(real_size_quick):
   from benchmarks import real_size
   _, results, _ = real_size_quick
@@ -416,6 +425,7 @@ def test_real_size_floor_follows_the_formula():
     ("orders", [], "name the runs"),
     ("orders", ["--run=runs/default"], "expected LABEL=DIR"),
     ("orders", ["--run=lr=no/such/run"], "not a training run directory")])
+@pytest.mark.slow
 def test_benchmark_user_mistakes_are_one_line(module, flags, message):
   """A user mistake: one line `error: ...`, exit status 2, before anything is measured."""
   root = pathlib.Path(__file__).resolve().parent.parent

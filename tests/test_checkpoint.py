@@ -38,6 +38,7 @@ def straight_run(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_losses_and_params_as_never_stopping(straight_run, tmp_path):
   workdir = str(tmp_path / "resumed")
   train_lib.train_and_evaluate(_config(STEPS // 2), workdir)  # n steps, then stop
@@ -52,6 +53,7 @@ def test_resume_gives_the_same_losses_and_params_as_never_stopping(straight_run,
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_a_run_resumes_under_another_mesh_shape(straight_run, tmp_path):
   # mesh_shape is not part of the run's identity: changing parallelism between restarts is allowed.
   continued = {}
@@ -148,6 +150,7 @@ def trainers():
   return {n: train_helpers.make_trainer(shape, jax.devices()[:n]) for n, shape in MESHES.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source, target", [(8, 1), (1, 8)])
 def test_a_checkpoint_continues_on_another_mesh_as_on_its_own(trainers, tmp_path, source, target):
   saved, _ = train_helpers.train_steps(trainers[source], trainers[source].init(0), range(2))

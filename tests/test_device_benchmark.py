@@ -16,6 +16,7 @@ def dry_run(tmp_path_factory):
   return results, out_dir, lines
 
 
+@pytest.mark.slow
 def test_dry_run_writes_every_report(dry_run):
   results, out_dir, lines = dry_run
   for name in ("device", "sampling", "memory_plan"):
@@ -28,6 +29,7 @@ def test_dry_run_writes_every_report(dry_run):
   assert "MFU" in summary and "Memory plan" in summary
 
 
+@pytest.mark.slow
 def test_sampling_rows_carry_speed_and_memory(dry_run):
   rows = dry_run[0]["sampling"]["results"]
   assert [(r["dtype"], r["method"]) for r in rows] == [
@@ -39,6 +41,7 @@ def test_sampling_rows_carry_speed_and_memory(dry_run):
     assert memory["device_peak_bytes"] is None  # the CPU does not report it
 
 
+@pytest.mark.slow
 def test_memory_plan_counts_weights_and_cache(dry_run):
   memory = dry_run[0]["memory_plan"]
   assert [r["method"] for r in memory["rows"]] == list(device.PLAN_METHODS)
@@ -50,6 +53,7 @@ def test_memory_plan_counts_weights_and_cache(dry_run):
       real_size.QUICK_MODEL, memory["batch"], memory["seq_len"])
 
 
+@pytest.mark.slow
 def test_training_throughput_is_measured_against_the_peak(dry_run):
   training = dry_run[0]["training"]
   assert training["tokens_per_second"] > 0 and math.isfinite(training["loss"])

@@ -85,6 +85,7 @@ def test_select_tasks_is_a_seeded_sample_in_task_order():
   assert humaneval_infill.select_tasks(every, 5000) == every
 
 
+@pytest.mark.slow
 def test_humaneval_pipeline_oracle_passes_and_model_middles_fail(model, tasks):
   cfg, params, tokenizer = model
   results = humaneval_infill.evaluate(params, cfg, tokenizer, tasks=tasks,
@@ -137,6 +138,7 @@ def test_completions_do_not_depend_on_the_batch(model, tasks):
 # --- held-out loss ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_heldout_loss_numbers(model, run_dir):
   cfg, params, tokenizer = model
   rates = (0.15, 0.5, 0.9)
@@ -250,6 +252,7 @@ def test_cli_story_infill_without_dataset_is_one_line(run_dir):
       "feature is not 'text')")
 
 
+@pytest.mark.slow
 def test_cli_humaneval_end_to_end(tmp_path, run_dir):
   out = tmp_path / "results.json"
   done = _evals_cli("--workdir", run_dir, "--task", "humaneval_infill", "--limit", "3",
@@ -301,6 +304,7 @@ def test_cli_humaneval_refuses_code_an_hf_tokenizer_cannot_keep(hf, tmp_path):
   assert hf_xlnet_helpers.snapshot(hf.dirs["json"]) == before
 
 
+@pytest.mark.slow
 def test_cli_humaneval_with_allow_lossy_tokenization_on_an_hf_directory(hf, tmp_path):
   """--allow_lossy_tokenization: it runs and says LOSSY; the oracle's line comes back with its
   whitespace folded (no indentation, no newline), so even the oracle fails."""
@@ -322,6 +326,7 @@ def test_cli_humaneval_with_allow_lossy_tokenization_on_an_hf_directory(hf, tmp_
   assert sequential["sampling"]["nfe"] == sequential["sampling"]["tokens"] > 0
 
 
+@pytest.mark.slow
 def test_cli_story_infill_on_an_hf_directory(hf, tmp_path):
   """story_infill runs on the HF directory and reports its ROUGE; the oracle's fill is the hidden
   sentence with XLNet's whitespace folding, which ROUGE does not see (1.0)."""

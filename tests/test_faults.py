@@ -73,6 +73,7 @@ def _tiny_state_and_step():
   return state, step
 
 
+@pytest.mark.slow
 def test_a_nonfinite_step_applies_no_update():
   state, step = _tiny_state_and_step()
   batch = train_helpers.synthetic_batch(8, 16)
@@ -96,6 +97,7 @@ def test_a_nonfinite_step_applies_no_update():
   assert "first_nonfinite" not in new_metrics.compute()
 
 
+@pytest.mark.slow
 def test_skip_policy_counts_skipped_updates_and_never_checkpoints_nan(tmp_path):
   workdir = str(tmp_path)
   config = train_helpers.tiny_config(num_train_steps=3, checkpoint_every_steps=1,
@@ -111,6 +113,7 @@ def test_skip_policy_counts_skipped_updates_and_never_checkpoints_nan(tmp_path):
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
+@pytest.mark.slow
 def test_stop_policy_raises_naming_the_step_before_any_checkpoint(tmp_path):
   workdir = str(tmp_path)
   config = train_helpers.tiny_config(num_train_steps=3, checkpoint_every_steps=1,
@@ -213,6 +216,7 @@ def test_a_stop_signal_checkpoints_the_step_reached_and_the_same_command_resumes
   _assert_same_params(workdir, long_run)
 
 
+@pytest.mark.slow
 def test_sigkill_at_a_random_step_then_the_same_command_ends_as_an_uninterrupted_run(tmp_path):
   kill_step = int(np.random.default_rng(KILL_SEED).integers(1, KILL_STEPS // 2))
   straight, workdir = str(tmp_path / "straight"), str(tmp_path / "run")
@@ -270,6 +274,7 @@ def _garble_the_data_state(step_dir):
 @pytest.mark.parametrize("corrupt", [
     _delete_a_params_file, _garble_the_train_state,
     pytest.param(_garble_the_data_state, marks=pytest.mark.slow)])  # the file's time budget
+@pytest.mark.slow
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(short_run, tmp_path, caplog,
                                                                     corrupt):
   workdir = str(tmp_path / "run")
@@ -287,6 +292,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(short_run, t
   _assert_same_params(workdir, short_run)
 
 
+@pytest.mark.slow
 def test_a_half_written_checkpoint_is_never_taken_as_complete(short_run, tmp_path):
   workdir = str(tmp_path / "run")
   shutil.copytree(short_run, workdir)

@@ -71,6 +71,7 @@ def finetuned(hf, tmp_path_factory):
 # Fine-tuning.
 
 
+@pytest.mark.slow
 def test_finetuning_starts_from_the_hf_weights_with_xlnets_tokenizer(hf, finetuned):
   run = json.loads((finetuned / checkpoint.RUN_FILE).read_text())
   assert run["tokenizer"] == checkpoint.XLNET
@@ -91,6 +92,7 @@ def test_finetuning_starts_from_the_hf_weights_with_xlnets_tokenizer(hf, finetun
   assert any(moved)
 
 
+@pytest.mark.slow
 def test_infill_on_the_finetuned_run(finetuned):
   model = asarm_jax.load(finetuned)
   result = asarm_jax.infill(model.params, model.config, model.tokenizer,
@@ -229,6 +231,7 @@ def test_export_refuses_what_is_not_a_run(hf, tmp_path):
 # The command lines: train.py's one-line error, sample.py and the export CLI on the run.
 
 
+@pytest.mark.slow
 def test_command_lines_on_a_finetuned_run(hf, finetuned, tmp_path):
   out = tmp_path / "exported"
   mismatch = _run("train.py", "--config", str(FINETUNE_CONFIG),

@@ -280,6 +280,7 @@ def test_sample_py_fills_a_text_with_an_hf_directory(hf):
   assert hf_xlnet_helpers.snapshot(hf.dirs["spiece"]) == before
 
 
+@pytest.mark.slow
 def test_evals_cli_runs_on_an_hf_directory(hf, tmp_path):
   before = hf_xlnet_helpers.snapshot(hf.dirs["json"])
   out = tmp_path / "heldout.json"

@@ -30,6 +30,7 @@ def test_op_names_reads_compiled_hlo():
   assert any("ij,jk->ik" in op for op in names.values()), names
 
 
+@pytest.mark.slow
 def test_profile_attributes_every_kernel(tmp_path):
   """A traced run at two batch sizes: categories add up to the kernel total, the model's ops are
   found, and the JSON and table are written."""

@@ -2,9 +2,12 @@
 import pathlib
 import re
 
+import pytest
+
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
+@pytest.mark.slow
 def test_readme_python_examples_run(capsys):
   blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
   assert len(blocks) >= 2

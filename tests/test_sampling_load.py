@@ -82,6 +82,7 @@ def _call(params, cfg: ModelConfig, rng: np.random.Generator, shape, method: str
     assert (nfe >= 1).all() and (nfe <= to_generate).all()
 
 
+@pytest.mark.slow
 def test_thousand_calls_do_not_recompile_or_grow_memory(compilations):
   cfg = ModelConfig(vocab_size=32, mask_token_id=31, d_model=16, n_layers=1, n_heads=2, d_head=8,
                     d_inner=32, max_len=16)

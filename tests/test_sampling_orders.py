@@ -68,6 +68,7 @@ def adaptive_law(cfg, params, case: lib.Case) -> np.ndarray:
   return law
 
 
+@pytest.mark.slow
 def test_adaptive_order_with_one_draft_is_lowest_entropy_first_decoding(model):
   cfg, params = model
   laws = [adaptive_law(cfg, params, case) for case in CASES]

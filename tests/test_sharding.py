@@ -57,6 +57,7 @@ def single_device_run():
   return _steps(train_helpers.make_trainer((1, 1, 1), jax.devices()[:1]))
 
 
+@pytest.mark.slow
 def test_sharded_step_equals_single_device_step(single_device_run):
   single_losses, single_params = single_device_run
   sharded = train_helpers.make_trainer((2, 2, 2), jax.devices()[:8])
@@ -67,6 +68,7 @@ def test_sharded_step_equals_single_device_step(single_device_run):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_one_big_batch(single_device_run):
   plain_losses, plain_params = single_device_run
   accum = train_helpers.make_trainer((1, 1, 1), jax.devices()[:1], grad_accum_steps=2)

@@ -57,6 +57,7 @@ def test_disabled_metric_writer_writes_nothing(tmp_path):
   assert not writer.has_tensorboard and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_end_to_end(tmp_path):
   workdir = str(tmp_path / "run")
   config = train_helpers.tiny_config(num_train_steps=4, log_every_steps=2, eval_every_steps=2,
@@ -180,6 +181,7 @@ def test_weight_decay_skips_biases_norms_and_embeddings_of_one_dim():
   assert not mask["layer_0"]["ff"]["layer_norm"]["scale"] and not mask["mask_emb"]
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_master_weights():
   run = run_config.parse(train_helpers.tiny_config(**{"model.dtype": "bfloat16",
                                                       "mesh_shape": (1, 1, 1)}))
