@@ -117,6 +117,7 @@ def test_empty_prompt_first_row_is_position_independent(params):
   np.testing.assert_allclose(first, jnp.broadcast_to(first[:1], first.shape), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_bfloat16_params_give_float32_logits():
   cfg = ModelConfig(**{**CFG.to_dict(), "dtype": "bfloat16", "param_dtype": "bfloat16"})
   params = init_params(cfg, jax.random.key(0))

@@ -98,6 +98,7 @@ def _argmax_decode(cfg, params, tokens, ranks, num_prompt):
   return tokens
 
 
+@pytest.mark.slow
 def test_greedy_is_argmax_decoding_for_every_sampler(model, ragged):
   cfg, params = model
   tokens, ranks, num_prompt = ragged
@@ -125,8 +126,9 @@ def test_assd_k1_is_sequential_token_for_token(model, ragged):
   np.testing.assert_array_equal(assd.nfe, sequential.nfe)
 
 
-@pytest.mark.parametrize("options", [dict(method="assd", draft_len=3), dict(method="sequential"),
-                                     dict(method="assd_fused", draft_len=4, adaptive=True)],
+@pytest.mark.parametrize("options", [
+    pytest.param(dict(method="assd", draft_len=3), marks=pytest.mark.slow),
+    dict(method="sequential"), dict(method="assd_fused", draft_len=4, adaptive=True)],
                          ids=["assd", "sequential", "fused_adaptive"])
 def test_rows_do_not_depend_on_their_batch(model, ragged, options):
   """Row b of a ragged batch equals a batch-1 call with key b (finished rows idle untouched;
@@ -167,6 +169,7 @@ def test_padding_ranked_last_has_no_influence(model, ragged):
     np.testing.assert_array_equal(padded.nfe, short.nfe)
 
 
+@pytest.mark.slow
 def test_bfloat16_model(ragged):
   cfg, params = lib.tiny_model(dtype="bfloat16", param_dtype="bfloat16")
   tokens, ranks, num_prompt = ragged

@@ -52,6 +52,7 @@ def test_ngram_without_the_residual_fails_the_check(model, case_laws):
   assert min(r.pvalue for r in reports) < 1e-9, reports
 
 
+@pytest.mark.slow
 def test_r_atol_changes_the_law_beyond_the_noise_band(model, case_laws):
   """The lossy label is measured: r_atol = 0.3 moves some case's TV past its noise bound."""
   reports, _ = _draw_and_check(model, case_laws, seed=13, method="assd", draft_len=3, r_atol=0.3)

@@ -87,7 +87,7 @@ def test_adaptive_order_with_one_draft_is_lowest_entropy_first_decoding(model):
   np.testing.assert_array_equal(out.rounds, out.nfe)
 
 
-@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("use_cache", [pytest.param(True, marks=pytest.mark.slow), False])
 def test_adaptive_order_greedy_is_greedy_decoding_in_the_order_it_reports(model, use_cache):
   cfg, params = model
   tokens, ranks, num_prompt, num_valid = lib.padded_ragged_batch(8, seed=4)

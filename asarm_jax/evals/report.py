@@ -12,7 +12,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -44,18 +44,19 @@ class SamplingStats:
     accepted: ASSD drafts kept, each round's first included.
     seconds: wall-clock run time of the sampler calls, compilation excluded.
     compile_seconds: time spent compiling (0 for cached compilations).
-    calls: batched sampler calls.
   """
   method: str
   draft_len: int = 1
+  _: dataclasses.KW_ONLY  # the counts below are named, never positional
   rows: int = 0
   tokens: int = 0
   nfe: int = 0
   rounds: int = 0
   accepted: int = 0
+  # The counts above that `add_call` sums from the SampleOutput fields of the same names.
+  OUTPUT_COUNTS: ClassVar[tuple[str, ...]] = ("nfe", "rounds", "accepted")
   seconds: float = 0.0
   compile_seconds: float = 0.0
-  calls: int = 0
 
   def add_call(self, output: Any, generated: np.ndarray, keep: np.ndarray, seconds: float,
                compile_seconds: float) -> None:
@@ -70,12 +71,10 @@ class SamplingStats:
     keep = np.asarray(keep, bool)
     self.rows += int(keep.sum())
     self.tokens += int(np.asarray(generated)[keep].sum())
-    self.nfe += int(np.asarray(output.nfe)[keep].sum())
-    self.rounds += int(np.asarray(output.rounds)[keep].sum())
-    self.accepted += int(np.asarray(output.accepted)[keep].sum())
+    for name in self.OUTPUT_COUNTS:
+      setattr(self, name, getattr(self, name) + int(np.asarray(getattr(output, name))[keep].sum()))
     self.seconds += float(seconds)
     self.compile_seconds += float(compile_seconds)
-    self.calls += 1
 
   def merge(self, other: SamplingStats) -> SamplingStats:
     """The sums of both (of the same method and k)."""
