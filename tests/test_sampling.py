@@ -128,7 +128,8 @@ def test_assd_k1_is_sequential_token_for_token(model, ragged):
 
 @pytest.mark.parametrize("options", [
     pytest.param(dict(method="assd", draft_len=3), marks=pytest.mark.slow),
-    dict(method="sequential"), dict(method="assd_fused", draft_len=4, adaptive=True)],
+    dict(method="sequential"),
+    pytest.param(dict(method="assd_fused", draft_len=4, adaptive=True), marks=pytest.mark.slow)],
                          ids=["assd", "sequential", "fused_adaptive"])
 def test_rows_do_not_depend_on_their_batch(model, ragged, options):
   """Row b of a ragged batch equals a batch-1 call with key b (finished rows idle untouched;
