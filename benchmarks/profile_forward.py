@@ -43,7 +43,7 @@ CATEGORIES = (
     ("attention: scores over cached keys", ("bhrd,bhdn->bhrn",)),
     ("attention: values over cached values", ("bhrn,bhnd->bhrd",)),
     ("attention: relative-position scores", ("bhrd,htd->bhrt", "take_along_axis")),
-    ("attention: projections", ("attention._project", "bhrd,mhd->brm")),
+    ("attention: projections", ("attention._project", "brk,mk->brm")),
     ("attention: mask, softmax, layer norm", ("/attention/",)),
     ("cache write", ("/scatter",)),
     ("feed-forward", ("/ff/",)),
