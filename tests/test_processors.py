@@ -196,6 +196,25 @@ def test_inverse_cdf_never_returns_an_empty_slice_even_at_the_ends():
                                 [1])
 
 
+def test_inverse_cdf_across_blocks_matches_a_float64_search():
+  """V spans several blocks of 64, with empty blocks, zeros at block edges and a last block cut
+  short: the token drawn for every u is the float64 inverse CDF's, and never an empty slice."""
+  rng = np.random.default_rng(0)
+  probs = rng.random(300).astype(np.float32) * (rng.random(300) < 0.5)
+  probs[64:192] = 0.0  # two empty blocks
+  probs[[63, 192, 255, 256, 299]] = 0.0  # zeros at block edges and at the end
+  probs[[0, 298]] = 0.5
+  probs /= probs.sum()
+  u = np.concatenate([rng.random(5000), [0.0, np.nextafter(1, 0)]]).astype(np.float32)
+  ids = np.asarray(inverse_cdf(jnp.asarray(u), jnp.broadcast_to(jnp.asarray(probs), (u.size, 300))))
+  cdf = np.cumsum(probs.astype(np.float64))
+  expected = np.minimum(np.searchsorted(cdf, u.astype(np.float64) * cdf[-1], side="right"),
+                        np.flatnonzero(probs)[-1])
+  assert (probs[ids] > 0).all()
+  # float32 rounding may move a u that sits within ~1e-6 of a slice edge to the neighbouring token.
+  assert np.mean(ids == expected) > 0.999
+
+
 @pytest.mark.parametrize("length", [1, 63, 64, 65, 1000, 4096])
 def test_cumulative_sum_matches_a_float64_running_sum(length):
   """Blocked or not (V <= 64), every prefix sum of a [3, 2, V] array, and exact on integers."""
