@@ -1,10 +1,13 @@
 """Where a cached decoding step spends its time: a jax.profiler trace of the sampler, by op.
 
 python -m benchmarks.profile_forward [--seq_lens 128,512] [--batches 1,32] [--method sequential]
+    [--draft_len 5] [--model default|xlnet_base]
 
 For each (N, batch) it compiles `sampling.sample` (90% of the positions hidden and generated in the
-infill order, by benchmarks/sampling.py's `make_problem`; a model of configs/default.py's sizes with
-random weights: the cost of a step does not depend on the weights), runs it once to warm up, then once under `jax.profiler.trace`. Every kernel event of the
+infill order, by benchmarks/sampling.py's `make_problem`; random weights, as the cost of a step does
+not depend on them: `--model default` has configs/default.py's sizes, `--model xlnet_base` the
+XLNet-base shape of benchmarks/real_size.py), runs it once to warm up, then once under
+`jax.profiler.trace`. Every kernel event of the
 trace is an HLO instruction of the compiled sampler; its `op_name` metadata (the einsum or Flax
 module it came from) puts it in one of `CATEGORIES`. Reported per loop iteration (one forward for
 sequential decoding): the wall-clock, the kernel time by category, the number of kernels run, and,
@@ -90,6 +93,15 @@ def default_sized_config() -> ModelConfig:
   from configs import default as default_config
   return ModelConfig(vocab_size=VOCAB_SIZE, mask_token_id=VOCAB_SIZE - 1,
                      **default_config.get_config().model.to_dict())
+
+
+def model_config(name: str) -> ModelConfig:
+  """The model of `--model`: "default" (`default_sized_config`) or "xlnet_base" (real_size's)."""
+  from benchmarks import real_size
+  configs = {"default": default_sized_config, "xlnet_base": lambda: real_size.XLNET_BASE}
+  if name not in configs:
+    raise ValueError(f"--model must be one of {sorted(configs)}; got {name!r}")
+  return configs[name]()
 
 
 def cache_bytes_read(cfg: ModelConfig, seq_len: int, batch: int) -> int:
@@ -197,7 +209,7 @@ def main() -> None:
   values = flags.FLAGS
   run(common.comma_integers(values.seq_lens, "seq_lens"),
       common.comma_integers(values.batches, "batches"), values.method, values.draft_len,
-      values.out)
+      values.out, model_config(values.model))
 
 
 if __name__ == "__main__":
@@ -210,4 +222,6 @@ if __name__ == "__main__":
   flags.DEFINE_enum("method", "sequential", list(sampling.METHODS), "The sampler to profile.")
   flags.DEFINE_integer("draft_len", 5, "k for ASSD methods.")
   flags.DEFINE_string("out", None, "JSON output (default benchmarks/results/profile_forward.json).")
+  flags.DEFINE_enum("model", "default", ["default", "xlnet_base"],
+                    "Random weights of configs/default.py's sizes, or of the XLNet-base shape.")
   common.run(main, module_name=__name__, summary=__doc__)
