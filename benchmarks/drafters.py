@@ -175,18 +175,25 @@ def write_report(results: dict[str, Any], path: pathlib.Path,
   print(f"wrote {path} and {path.with_suffix('.md')} in {results['seconds']:.0f} s")
 
 
-def define_common_flags(name: str, draft_len_help: str) -> None:
+def define_common_flags(name: str, draft_len_help: str, *, several_draft_lens: bool = False
+                        ) -> None:
   """--quick, --out, --draft_len and --seed of the drafters and orders benchmarks (`name`: the
-  results file's stem)."""
+  results file's stem). With `several_draft_lens`, --draft_len is a comma-separated list of k."""
   from absl import flags  # pylint: disable=import-outside-toplevel
 
   flags.DEFINE_bool("quick", False, "N=32: a smoke run, of a tiny random model unless a model "
                     "is named.")
   flags.DEFINE_string("out", None, f"JSON output (default benchmarks/results/{name}.json); the "
                       ".md table is written next to it.")
-  flags.DEFINE_integer("draft_len", sampling.DEFAULT_DRAFT_LEN, draft_len_help)
+  if several_draft_lens:
+    flags.DEFINE_list("draft_len", [str(sampling.DEFAULT_DRAFT_LEN)], draft_len_help)
+    flags.register_validator(
+        "draft_len", lambda ks: bool(ks) and all(k.strip().isdigit() and int(k) >= 1 for k in ks),
+        "must be comma-separated integers >= 1")
+  else:
+    flags.DEFINE_integer("draft_len", sampling.DEFAULT_DRAFT_LEN, draft_len_help)
+    flags.register_validator("draft_len", lambda k: k >= 1, "must be >= 1")
   flags.DEFINE_integer("seed", 0, "Seeds the hidden subsets, random models, orders and samplers.")
-  flags.register_validator("draft_len", lambda k: k >= 1, "must be >= 1")
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Order benchmark: what each decoding order costs in quality and gains in speed, per training order.
 
 python -m benchmarks.orders --run left_to_right=runs/default --run random=runs/order_random \
-    --run mixture=runs/order_mixture
+    --run mixture=runs/order_mixture --draft_len 3,5,8
 python -m benchmarks.orders --quick     # one tiny random model, N=32: a smoke run
 python -m benchmarks.orders --quick --run left_to_right=runs/default   # N=32 on those runs
 
@@ -11,13 +11,16 @@ For every trained run (labelled by the order it was trained with) and every deco
    exact negative log-likelihood as the product of the model's conditionals in that order) at 50%
    and 90% hidden, on the run's own evaluation set (`heldout_loss.masked_loss`, the same hidden
    sets for every order);
-2. speed: fused ASSD (k = --draft_len) on held-out text at N = 512, 90% hidden, batch 1, cache on:
-   NFE, tokens per round and tokens/s (median of 3 runs after compilation), against cached
-   sequential decoding in the left-to-right order on the same problem (a sequential step's cost
-   does not depend on the order); and ASSD (k) with the adaptive order (lowest entropy first,
-   `adaptive_order`: not the law of any fixed order, so it has no NLL row and is never chosen).
-Then per run the choice the library acts on: the fastest decoding order whose NLL at 90% hidden is
-within 3% of the run's best order. Writes benchmarks/results/orders.{json,md} (or --out).
+2. speed: fused ASSD at every k of --draft_len (comma-separated; the best k depends on the order:
+   a left-to-right order keeps few drafts after the first of a round, a random or spread order
+   nearly all) on held-out text at N = 512, 90% hidden, batch 1, cache on: NFE, tokens per round
+   and tokens/s (median of 3 runs after compilation), against cached sequential decoding in the
+   left-to-right order on the same problem (a sequential step's cost does not depend on the
+   order); and ASSD (the first k) with the adaptive order (lowest entropy first, `adaptive_order`:
+   not the law of any fixed order, so it has no NLL row and is never chosen).
+Then per run the choice the library acts on: the fastest (decoding order, k) whose order's NLL at
+90% hidden is within 3% of the run's best order. Writes benchmarks/results/orders.{json,md} (or
+--out).
 """
 from __future__ import annotations
 
@@ -57,10 +60,11 @@ def quality_rows(model, tokenizer, settings: dict[str, Any], seed: int) -> list[
   return rows
 
 
-def speed_rows(model, tokenizer, *, length: int, draft_len: int, seed: int
+def speed_rows(model, tokenizer, *, length: int, draft_lens: tuple[int, ...], seed: int
                ) -> list[dict[str, Any]]:
-  """Cached sequential (left to right), fused ASSD in every decoding order, and ASSD with the
-  adaptive order (`adaptive_order`, not a fixed order's law), batch 1."""
+  """Cached sequential (left to right), fused ASSD in every decoding order at every k of
+  `draft_lens`, and ASSD (the first k) with the adaptive order (`adaptive_order`, not a fixed
+  order's law), batch 1."""
   chunks = sampling_benchmark.text_chunks(tokenizer, length, 1)
   problems = {order: sampling_benchmark.make_problem(chunks, SPEED_FRACTION, 1, seed, order=order)
               for order in masks.ORDERS}
@@ -68,35 +72,38 @@ def speed_rows(model, tokenizer, *, length: int, draft_len: int, seed: int
                                       dict(method="sequential"), seed)
   rows = [{"decoding_order": "left_to_right", "method": "sequential", **baseline,
            "speedup_vs_sequential": 1.0}]
-  runs = [(order, problem, "assd_fused", {}) for order, problem in problems.items()]
+  runs = [(order, problem, "assd_fused", dict(draft_len=k))
+          for order, problem in problems.items() for k in draft_lens]
   # The adaptive order re-ranks the hidden positions itself (not a fixed order's law).
-  runs.append((ADAPTIVE, problems["left_to_right"], "assd", dict(adaptive_order=True)))
+  runs.append((ADAPTIVE, problems["left_to_right"], "assd",
+               dict(draft_len=draft_lens[0], adaptive_order=True)))
   for order, problem, method, options in runs:
-    figures, _ = drafters.time_sampler(
-        model, problem, dict(method=method, draft_len=draft_len, **options), seed)
-    rows.append({"decoding_order": order, "method": method, **figures,
+    figures, _ = drafters.time_sampler(model, problem, dict(method=method, **options), seed)
+    rows.append({"decoding_order": order, "method": method, "draft_len": options["draft_len"],
+                 **figures,
                  "speedup_vs_sequential": figures["tokens_per_s"] / baseline["tokens_per_s"]})
   for row in rows:
-    row.update(length=length, hidden_fraction=SPEED_FRACTION, batch=1, draft_len=draft_len)
+    row.update(length=length, hidden_fraction=SPEED_FRACTION, batch=1)
   return rows
 
 
 def choose_order(quality: list[dict[str, Any]], speed: list[dict[str, Any]],
                  rate: float = SPEED_FRACTION) -> dict[str, Any]:
-  """The fastest decoding order (fused ASSD tokens/s) whose NLL at `rate` is within
-  NLL_TOLERANCE of the best order's."""
+  """The fastest (decoding order, k) of the fused ASSD rows (tokens/s) whose order's NLL at `rate`
+  is within NLL_TOLERANCE of the best order's."""
   nll = {r["decoding_order"]: r["nll"] for r in quality if r["rate"] == rate}
   best = min(nll.values())
   acceptable = [o for o, value in nll.items() if value <= best * (1 + NLL_TOLERANCE)]
-  fused = {r["decoding_order"]: r for r in speed if r["method"] == "assd_fused"}
-  chosen = max(acceptable, key=lambda o: fused[o]["tokens_per_s"])
-  return {"order": chosen, "nll": nll[chosen], "best_nll": best,
-          "nll_vs_best": nll[chosen] / best, "acceptable": acceptable,
-          "speedup_vs_sequential": fused[chosen]["speedup_vs_sequential"]}
+  fastest = max((r for r in speed if r["method"] == "assd_fused"
+                 and r["decoding_order"] in acceptable), key=lambda r: r["tokens_per_s"])
+  chosen = fastest["decoding_order"]
+  return {"order": chosen, "draft_len": fastest["draft_len"], "nll": nll[chosen],
+          "best_nll": best, "nll_vs_best": nll[chosen] / best, "acceptable": acceptable,
+          "speedup_vs_sequential": fastest["speedup_vs_sequential"]}
 
 
-def measure_run(label: str, workdir: str | None, *, quick: bool, draft_len: int, seed: int
-                ) -> dict[str, Any]:
+def measure_run(label: str, workdir: str | None, *, quick: bool, draft_lens: tuple[int, ...],
+                seed: int) -> dict[str, Any]:
   """Quality and speed rows of one run, and its chosen order."""
   model, tokenizer = sampling_benchmark.load_model(workdir=workdir, random_model=False, seed=seed)
   if quick:
@@ -108,7 +115,7 @@ def measure_run(label: str, workdir: str | None, *, quick: bool, draft_len: int,
                                          model.cfg.max_len)
   quality = quality_rows(model, tokenizer, settings, seed)
   speed = speed_rows(model, tokenizer, length=min(32 if quick else 512, model.cfg.max_len),
-                     draft_len=draft_len, seed=seed)
+                     draft_lens=draft_lens, seed=seed)
   for row in quality + speed:
     row["training_order"] = label
     print(json.dumps(row), flush=True)
@@ -122,46 +129,50 @@ def markdown(results: dict[str, Any]) -> str:
   rates = " | ".join(f"NLL @{rate:.0%}" for rate in NLL_RATES)
   lines = ["# Decoding orders x training orders", "", f"`{results['command']}`", "",
            f"Quality: held-out NLL of the hidden tokens (nats/token) under each decoding order. "
-           f"Speed: fused ASSD (k = {results['draft_len']}), N = {results['length']}, "
+           f"Speed: fused ASSD (k = {', '.join(map(str, results['draft_lens']))}), "
+           f"N = {results['length']}, "
            f"{SPEED_FRACTION:.0%} hidden, batch 1, cache on, against cached sequential decoding "
            "(left to right) on the same text; the adaptive order's row is ASSD (not a fixed "
            "order's law: no NLL, never chosen).", "",
            f"| trained with | decoding order | {rates} | NFE | tokens/round | tokens/s | "
            "x sequential |", "|---|---|" + "---|" * len(NLL_RATES) + "---|---|---|---|"]
   for run in results["runs"]:
-    fused = {r["decoding_order"]: r for r in run["speed"] if r["method"] != "sequential"}
     sequential = next(r for r in run["speed"] if r["method"] == "sequential")
     lines.append(f"| {run['training_order']} | (sequential, left_to_right) | "
                  + " | ".join("" for _ in NLL_RATES)
                  + f" | {sequential['nfe']:.0f} | 1.00 | {sequential['tokens_per_s']:.0f} | "
                  "1.00 |")
-    for order in (*masks.ORDERS, ADAPTIVE):
+    for row in run["speed"]:
+      if row["method"] == "sequential":
+        continue
+      order = row["decoding_order"]
       nll = [next((r["nll"] for r in run["quality"]
                    if r["decoding_order"] == order and r["rate"] == rate), None)
              for rate in NLL_RATES]
-      row = fused[order]
-      lines.append(f"| {run['training_order']} | {order} ({row['method']}) | "
+      lines.append(f"| {run['training_order']} | {order} ({row['method']} "
+                   f"k={row['draft_len']}) | "
                    + " | ".join("n/a" if v is None else f"{v:.4f}" for v in nll)
                    + f" | {row['nfe']:.0f} | {row['tokens_per_round']:.2f} | "
                    f"{row['tokens_per_s']:.0f} | {row['speedup_vs_sequential']:.2f} |")
-  lines += ["", f"Choice per run: the fastest decoding order whose NLL at {SPEED_FRACTION:.0%} "
-            f"hidden is within {NLL_TOLERANCE:.0%} of the run's best order.", "",
-            "| trained with | chosen order | its NLL / best | acceptable orders | "
-            "x sequential |", "|---|---|---|---|---|"]
+  lines += ["", f"Choice per run: the fastest decoding order and k whose order's NLL at "
+            f"{SPEED_FRACTION:.0%} hidden is within {NLL_TOLERANCE:.0%} of the run's best order.",
+            "", "| trained with | chosen order | k | its NLL / best | acceptable orders | "
+            "x sequential |", "|---|---|---|---|---|---|"]
   for run in results["runs"]:
     choice = run["choice"]
-    lines.append(f"| {run['training_order']} | {choice['order']} | {choice['nll_vs_best']:.4f} | "
-                 f"{', '.join(choice['acceptable'])} | {choice['speedup_vs_sequential']:.2f} |")
+    lines.append(f"| {run['training_order']} | {choice['order']} | {choice['draft_len']} | "
+                 f"{choice['nll_vs_best']:.4f} | {', '.join(choice['acceptable'])} | "
+                 f"{choice['speedup_vs_sequential']:.2f} |")
   return "\n".join(lines) + "\n"
 
 
 def run_benchmark(runs: list[tuple[str, str | None]], *, quick: bool, out: str | None,
-                  draft_len: int, seed: int, command: str) -> dict[str, Any]:
+                  draft_lens: tuple[int, ...], seed: int, command: str) -> dict[str, Any]:
   """Measures every run and writes the JSON and Markdown reports."""
   start = time.perf_counter()
-  measured = [measure_run(label, workdir, quick=quick, draft_len=draft_len, seed=seed)
+  measured = [measure_run(label, workdir, quick=quick, draft_lens=draft_lens, seed=seed)
               for label, workdir in runs]
-  results = {"command": command, "draft_len": draft_len,
+  results = {"command": command, "draft_lens": list(draft_lens),
              "length": measured[0]["speed"][0]["length"], "runs": measured,
              "seconds": time.perf_counter() - start, "jax": jax.__version__}
   drafters.write_report(results, pathlib.Path(out) if out else RESULTS_DIR / "orders.json",
@@ -195,7 +206,8 @@ def main() -> None:
   if not values.run and not values.quick:
     raise ValueError("name the runs: --run LABEL=DIR (repeatable), or --quick")
   runs = parse_runs(values.run) if values.run else [("tiny_random", None)]
-  run_benchmark(runs, quick=values.quick, out=values.out, draft_len=values.draft_len,
+  run_benchmark(runs, quick=values.quick, out=values.out,
+                draft_lens=tuple(int(k) for k in values.draft_len),
                 seed=values.seed, command=" ".join(["python -m benchmarks.orders", *sys.argv[1:]]))
 
 
@@ -206,5 +218,7 @@ if __name__ == "__main__":
 
   _flags.DEFINE_multi_string("run", [], "LABEL=DIR: a trained run and the training order it is "
                              "labelled with (repeatable).")
-  drafters.define_common_flags("orders", "k of the fused ASSD rows.")
+  drafters.define_common_flags("orders", "Comma-separated k of the fused ASSD rows (each order "
+                               "at every k; the adaptive order's ASSD at the first).",
+                               several_draft_lens=True)
   common.run(main, module_name=__name__, summary=__doc__)

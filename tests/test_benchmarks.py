@@ -424,7 +424,8 @@ def test_real_size_floor_follows_the_formula():
     ("drafters", ["--workdir=no/such/run"], "no/such/run"),
     ("orders", [], "name the runs"),
     ("orders", ["--run=runs/default"], "expected LABEL=DIR"),
-    ("orders", ["--run=lr=no/such/run"], "not a training run directory")])
+    ("orders", ["--run=lr=no/such/run"], "not a training run directory"),
+    ("orders", ["--quick", "--draft_len=3,x"], "comma-separated integers >= 1")])
 @pytest.mark.slow
 def test_benchmark_user_mistakes_are_one_line(module, flags, message):
   """A user mistake: one line `error: ...`, exit status 2, before anything is measured."""
@@ -442,11 +443,16 @@ def test_orders_benchmark_chooses_the_fastest_order_within_the_nll_tolerance():
   quality = [{"decoding_order": o, "rate": 0.9, "nll": v}
              for o, v in (("left_to_right", 3.00), ("random", 3.10), ("spread", 3.05))]
   quality += [{"decoding_order": "random", "rate": 0.5, "nll": 1.0}]  # another rate: ignored
-  speed = [{"decoding_order": o, "method": "assd_fused", "tokens_per_s": t,
+  speed = [{"decoding_order": o, "method": "assd_fused", "draft_len": k, "tokens_per_s": t,
             "speedup_vs_sequential": t / 100}
-           for o, t in (("left_to_right", 120), ("random", 400), ("spread", 300))]
+           for o, k, t in (("left_to_right", 3, 120), ("left_to_right", 8, 90), ("random", 3, 400),
+                           ("random", 8, 500), ("spread", 3, 300), ("spread", 8, 330))]
+  speed.append({"decoding_order": "left_to_right", "method": "sequential", "draft_len": 1,
+                "tokens_per_s": 1000, "speedup_vs_sequential": 1.0})  # not a fused row: ignored
   choice = orders.choose_order(quality, speed)
-  # random is fastest but 3.3% worse than the best; spread (1.7% worse) is the fastest acceptable.
+  # random is fastest but 3.3% worse than the best; spread (1.7% worse) at k = 8 is the fastest
+  # acceptable (order, k).
   assert choice["order"] == "spread" and choice["acceptable"] == ["left_to_right", "spread"]
+  assert choice["draft_len"] == 8
   assert choice["nll_vs_best"] == pytest.approx(3.05 / 3.00)
-  assert choice["speedup_vs_sequential"] == pytest.approx(3.0)
+  assert choice["speedup_vs_sequential"] == pytest.approx(3.3)
