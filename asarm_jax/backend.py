@@ -35,10 +35,11 @@ class Choices:
       in float32 (ASARM.init_cache). On the CPU that layout multiplies 1.3-2x faster for 2 to 16
       query rows; on an accelerator it only doubles the head's memory, so the head reads the
       embedding [V, M] in place.
-    fused_max_batch, fused_min_length: where `sampling.fastest_method` picks fused ASSD over
-      sequential decoding. On the CPU a fused round's 3K + 1 rows per batch row are matmul work,
-      so it pays only for few rows of long sequences (measured: see sampling.py); an accelerator's
-      forwards stay bound by reading weights and cache far longer (None: no cap).
+    fused_max_batch: the most rows for which `sampling.fastest_method` picks fused ASSD over
+      sequential decoding (None: no cap). On the CPU a fused round's 3K + 1 rows per batch row
+      are matmul work and a cached sequential step is cheap, so in the default left-to-right
+      order fused ASSD was slower at every measured shape, batch 1 included (0; measured: see
+      sampling.py); an accelerator's forwards stay bound by reading weights and cache far longer.
     devices_share_host: all devices of a process are slices of one host's cores (the simulated CPU
       devices), so a measured single-device matmul rate is the whole process's peak, not a
       per-device one (train_lib's MFU).
@@ -47,14 +48,13 @@ class Choices:
   float32_relative_product: bool
   transposed_output_weight: bool
   fused_max_batch: int | None
-  fused_min_length: int
   devices_share_host: bool
 
 
 CPU = Choices(blocked_cumsum=True, float32_relative_product=True, transposed_output_weight=True,
-              fused_max_batch=2, fused_min_length=384, devices_share_host=True)
+              fused_max_batch=0, devices_share_host=True)
 ACCELERATOR = Choices(blocked_cumsum=False, float32_relative_product=False,
-                      transposed_output_weight=False, fused_max_batch=None, fused_min_length=0,
+                      transposed_output_weight=False, fused_max_batch=None,
                       devices_share_host=False)
 
 _OVERRIDE: contextvars.ContextVar[Choices | None] = contextvars.ContextVar(

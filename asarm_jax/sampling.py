@@ -136,14 +136,19 @@ AUTO = "auto"  # the exact method measured fastest for the batch size on this ba
 DEFAULT_METHOD = AUTO  # what `sample` and the applications use unless told otherwise
 # k. Fused rounds with the trained default model on a 2-core CPU (N = 512, batch 1, infill order,
 # cache on; benchmarks/results): k = 3 was the fastest at 50% hidden (1.29x sequential; k = 2 1.22x,
-# k = 4 1.25x) and within 3% of k = 2 at 90% (1.14x vs 1.17x); k = 5 was 0.96-1.20x.
+# k = 4 1.25x) and within 3% of k = 2 at 90% (1.14x vs 1.17x); k = 5 was 0.96-1.20x. (Measured
+# before the sequential step became 2.5x cheaper; since then no k beats it on this CPU in that
+# order, and k = 2 and 3 are within the host's noise of each other.)
 DEFAULT_DRAFT_LEN = 3
-# The same measurements at other shapes, fused k = 3 / sequential tokens/s: batch 2 (N = 512, 50%
-# hidden) 1.12x; batch 4 (90%) 0.76x; batch 8 (N = 256) 0.56x. Batch 1 by length: N = 384 1.48x
-# (50%) and 0.94x (90%, k = 2 1.13x); N = 256 1.05x and 0.98x; N = 128 1.00x and 0.80x. On the CPU a
-# fused round's 3K + 1 rows per batch row are matmul work, not overhead: speculation pays only for
-# few rows of long sequences, where a sequential step's attention over N keys dominates. These
-# thresholds are `backend.CPU.fused_max_batch` and `fused_min_length`.
+# "auto" on the CPU: the same model and setting after the flat-weight projections and the padding
+# content row at batch 1 made a cached sequential step 0.35-0.41 ms (from about 1 ms), interleaved
+# runs, medians of 9: fused k = 2 / sequential tokens/s 0.77x at 90% hidden and 0.92x at 50%
+# (k = 3 0.65x and 0.83x, ASSD k = 5 0.62x and 0.66x); the sampling benchmark's batches 8 and 32
+# 0.5-0.7x. On the CPU a fused round's 3K + 1 rows per batch row are matmul work (about 50 us a
+# row at the default size), so "auto" is sequential decoding there (`backend.CPU.fused_max_batch`
+# = 0). Fused ASSD still pays on this CPU where a round keeps nearly every draft: a random or
+# spread order at 90% hidden, 1.2-1.8x with k = 5 or 8 depending on the training order
+# (benchmarks/results/orders.md); pass method="assd_fused" for those.
 
 
 def is_lossy(r_atol: float, draft_only_temperature: bool) -> bool:
@@ -151,15 +156,14 @@ def is_lossy(r_atol: float, draft_only_temperature: bool) -> bool:
   return r_atol > 0 or draft_only_temperature
 
 
-def fastest_method(batch_size: int, length: int, backend_name: str | None = None) -> str:
-  """The exact method `method="auto"` resolves to for a batch of `batch_size` rows of `length`
-  positions on the XLA backend `backend_name` (default: the choices in force, `backend.current()`).
-  On the CPU: fused ASSD for at most 2 rows of at least 384 positions, else sequential decoding (the
-  measurements above). Accelerators get fused ASSD at every shape: their forwards stay bound by
-  reading weights and cache far longer, but that choice is not measured on one yet."""
+def fastest_method(batch_size: int, backend_name: str | None = None) -> str:
+  """The exact method `method="auto"` resolves to for a batch of `batch_size` rows on the XLA
+  backend `backend_name` (default: the choices in force, `backend.current()`). On the CPU:
+  sequential decoding (the measurements above). Accelerators get fused ASSD at every batch: their
+  forwards stay bound by reading weights and cache far longer, but that choice is not measured on
+  one yet."""
   choices = backend.for_backend(backend_name) if backend_name else backend.current()
-  too_many_rows = choices.fused_max_batch is not None and batch_size > choices.fused_max_batch
-  if too_many_rows or length < choices.fused_min_length:
+  if choices.fused_max_batch is not None and batch_size > choices.fused_max_batch:
     return "sequential"
   return "assd_fused"
 
@@ -745,8 +749,8 @@ class Sampler:
       cfg: the model's ModelConfig.
       method: "assd" (speculative; `draft_len` drafts per round, 2 forwards per round),
         "assd_fused" (speculative, 1 forward per round that verifies and proposes),
-        "sequential" (one token per NFE), or "auto": `fastest_method(*batch_shape)` (fused ASSD
-        when `adaptive`). All are exact: they differ in speed only.
+        "sequential" (one token per NFE), or "auto": `fastest_method(B)` of `batch_shape` (fused
+        ASSD when `adaptive`). All are exact: they differ in speed only.
       draft_len: k, drafts per round (>= 1; k == 1 is sequential decoding); with `adaptive`, the
         largest k.
       temperature: >= 0; 0 is greedy (argmax) decoding.
@@ -757,8 +761,8 @@ class Sampler:
       adaptive: choose each row's draft length per round in [1, draft_len] from its acceptance
         history (speculative methods only; exact, but it saves no compute with static shapes,
         see speculation.py).
-      batch_shape: (B, N) of the batches the sampler will be called on (only "auto" uses it;
-        default one row of the model's max_len).
+      batch_shape: (B, N) of the batches the sampler will be called on (only "auto" uses it, and
+        only B; default one row).
       rules: leave at `speculation.EXACT` (the tests pass wrong rules here).
       drafter: "model" (the model's own draft forward) or "ngram" (bigram counts of the row's
         decided tokens, ngram.py: one forward per round; exact; method "assd" or "auto").
@@ -780,7 +784,7 @@ class Sampler:
     adaptive_order = _flag("adaptive_order", adaptive_order)
     if method == AUTO:
       method = ("assd" if drafter == "ngram" or adaptive_order else "assd_fused" if adaptive is True
-                else fastest_method(*(batch_shape or (1, cfg.max_len))))
+                else fastest_method((batch_shape or (1,))[0]))
     if method not in METHODS:
       raise ValueError(f"method must be one of {(*METHODS, AUTO)}; got {method!r}")
     if drafter == "ngram" and method != "assd":

@@ -149,8 +149,8 @@ def infill_snippets(params, cfg, tokenizer, snippets: list[dict[str, Any]], *, r
                     draft_len: int, temperature: float, seed: int,
                     order: str = DEFAULT_ORDER) -> list[dict[str, Any]]:
   """Sequential decoding and fused ASSD at every rate, one snippet per sampler call (batch 1, the
-  interactive case; on a CPU speculation stops paying from 3 rows, `sampling.fastest_method`): one
-  result dict per (rate, method). The hidden positions are generated in `order` (`masks.ORDERS`)."""
+  interactive case): one result dict per (rate, method). The hidden positions are generated in
+  `order` (`masks.ORDERS`)."""
   results = []
   for rate in rates:
     examples = [infilling.Example(np.asarray(s["tokens"], np.int32),
