@@ -50,3 +50,11 @@ def test_profile_attributes_every_kernel(tmp_path):
         2 * TINY.n_layers * setting["batch"] * TINY.n_heads * TINY.d_head * 16 * 4)
   with pytest.raises(ValueError, match="max_len"):
     prof.run([64], [1], out=out, cfg=TINY, log=lambda line: None)
+
+
+def test_model_config_names_the_two_sizes():
+  from benchmarks import real_size  # pylint: disable=import-outside-toplevel
+  assert prof.model_config("xlnet_base") == real_size.XLNET_BASE
+  assert prof.model_config("default") == prof.default_sized_config()
+  with pytest.raises(ValueError, match="--model must be one of"):
+    prof.model_config("xlnet_large")
