@@ -42,7 +42,7 @@ from asarm_jax.evals import span_infill
 
 DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parents[2] / "configs" / "default.py")
 SUMMARY_FILE = "main_job.json"
-SPECULATIVE = "assd_fused"  # the speculative sampler shown: the faster one wherever measured
+SPECULATIVE = "assd_fused"  # the speculative sampler shown: one forward per round
 SPEED_CHUNKS = 2  # held-out chunks of the model's max_len tokens for the speed table
 # Runs of every compiled sampler call; the median is timed (a single run right after compiling
 # carries one-time costs that are not the sampler's).
