@@ -97,7 +97,7 @@ def default_sized_config() -> ModelConfig:
 
 def model_config(name: str) -> ModelConfig:
   """The model of `--model`: "default" (`default_sized_config`) or "xlnet_base" (real_size's)."""
-  from benchmarks import real_size
+  from benchmarks import real_size  # pylint: disable=import-outside-toplevel (orbax: slow)
   configs = {"default": default_sized_config, "xlnet_base": lambda: real_size.XLNET_BASE}
   if name not in configs:
     raise ValueError(f"--model must be one of {sorted(configs)}; got {name!r}")
