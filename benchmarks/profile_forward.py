@@ -207,6 +207,7 @@ def main() -> None:
   from asarm_jax.cli import common
 
   values = flags.FLAGS
+  common.quiet_library_logs()
   run(common.comma_integers(values.seq_lens, "seq_lens"),
       common.comma_integers(values.batches, "batches"), values.method, values.draft_len,
       values.out, model_config(values.model))

@@ -426,7 +426,8 @@ def test_real_size_floor_follows_the_formula():
     ("orders", ["--run=runs/default"], "expected LABEL=DIR"),
     ("orders", ["--run=lr=no/such/run"], "not a training run directory"),
     ("orders", ["--quick", "--draft_len=3,x"], "comma-separated integers >= 1"),
-    ("profile_forward", ["--model=xlnet_large"], "value should be one of <default|xlnet_base>")])
+    ("profile_forward", ["--model=xlnet_large"], "value should be one of <default|xlnet_base>"),
+    ("profile_forward", ["--seq_lens=9999", "--batches=1"], "exceeds the model's max_len 512")])
 @pytest.mark.slow
 def test_benchmark_user_mistakes_are_one_line(module, flags, message):
   """A user mistake: one line `error: ...`, exit status 2, before anything is measured."""
