@@ -13,7 +13,8 @@ random order instead (prompt first, then the hidden positions shuffled per row):
 ranks are rarely neighbours, which is what ASSD's acceptance depends on.
 
 What is measured per configuration (model, N, hidden fraction, batch, method, cache setting): NFE,
-rounds and tokens per round (per row, averaged over the batch), compile time (separately, by
+rounds and tokens per round (per row, averaged over the batch), the idle fraction (row-iterations
+spent on rows already finished: `SampleOutput.idle_fraction`), compile time (separately, by
 `sampling.timed_sample`), run time (median of `repeats` runs after one warm-up run; a configuration
 whose first run exceeds `long_run_s` is timed by that run alone), tokens/s (all rows), and ratios to
 sequential decoding with the same cache setting and batch, and to the HF-torch peer
@@ -147,7 +148,7 @@ QUICK_PLAN = Plan(
     blocks=(
         Block((32,), (0.5, 0.9), (1,), ("sequential", "assd_k5"), (False,), hf=True),
         Block((32,), (0.9,), (1,), ("sequential", "assd_k5", "assd_fused_k5"), (True,)),
-        Block((32,), (0.9,), (2,), ("sequential",), (True,)),
+        Block((32,), (0.9,), (2,), ("sequential", "assd_fused_k5"), (True,)),
         Block((32,), (0.9,), (1,), ("sequential", "assd_k5"), (True,), order="random"),
     ),
     headline_seq_len=32, repeats=2, long_run_s=1.0, hf_warmup_steps=1)
@@ -288,6 +289,7 @@ def time_ours(model: Model, problem: Problem, spec: MethodSpec, use_cache: bool,
   return dict(implementation=OURS, method=spec.name, options=spec.kwargs, exact=spec.exact,
               use_cache=bool(use_cache), nfe_mean=float(nfe.mean()), nfe_max=int(nfe.max()),
               rounds_mean=float(rounds.mean()), rounds_max=int(rounds.max()),
+              idle_fraction=out.idle_fraction,
               accepted_mean=float(np.asarray(out.accepted).mean()),
               drafted_mean=float(np.asarray(out.drafted).mean()),  # draft slots used
               compile_seconds=compile_s, run_seconds_all=runs, warmup=warmed)
@@ -312,7 +314,8 @@ def time_hf(model: Model, problem: Problem, plan: Plan, sampling_options: dict[s
   generated = problem.tokens.shape[1] - problem.num_prompt
   return dict(implementation=HF, method="sequential", options={"method": "sequential"},
               exact=True, use_cache=False, nfe_mean=float(out.nfe), nfe_max=out.nfe,
-              rounds_mean=float(generated), rounds_max=generated, accepted_mean=0.0,
+              rounds_mean=float(generated), rounds_max=generated, idle_fraction=0.0,
+              accepted_mean=0.0,
               drafted_mean=0.0, compile_seconds=0.0, run_seconds_all=runs, warmup=True)
 
 
@@ -522,10 +525,11 @@ def _cache(row: dict[str, Any]) -> str:
   return "yes" if row["use_cache"] else "no"
 
 
-_COLUMNS = ("N", "hidden", "order", "batch", "method", "cache", "NFE", "rounds", "tok/round",
-            "compile s", "run s", "ms/forward", "tok/s", "× seq", "NFE/seq", "× HF")
-_MS_NOTE = ("ms/forward: run s / max rounds, the prefill included; for assd (†) a round of two "
-            "forwards (draft + verify).")
+_COLUMNS = ("N", "hidden", "order", "batch", "method", "cache", "NFE", "rounds", "idle",
+            "tok/round", "compile s", "run s", "ms/forward", "tok/s", "× seq", "NFE/seq", "× HF")
+_MS_NOTE = ("idle: the share of row-iterations spent on rows already finished (a batch loops "
+            "until its slowest row is done). ms/forward: run s / max rounds, the prefill "
+            "included; for assd (†) a round of two forwards (draft + verify).")
 
 
 def _two_forward_rounds(row: dict[str, Any]) -> bool:
@@ -536,8 +540,8 @@ def _two_forward_rounds(row: dict[str, Any]) -> bool:
 def _table_row(row: dict[str, Any]) -> str:
   cells = (str(row["seq_len"]), f"{row['hidden_fraction']:.0%}", row["order"], str(row["batch"]),
            _label(row), _cache(row), _fmt(row["nfe_mean"], ".1f"), _fmt(row["rounds_mean"], ".1f"),
-           _fmt(row["tokens_per_round"]), _fmt(row["compile_seconds"], ".1f"),
-           _fmt(row["run_seconds"], ".3f"),
+           _fmt(row["idle_fraction"], ".0%"), _fmt(row["tokens_per_round"]),
+           _fmt(row["compile_seconds"], ".1f"), _fmt(row["run_seconds"], ".3f"),
            _fmt(row["ms_per_iteration"], ".1f") + (" †" if _two_forward_rounds(row) else ""),
            _fmt(row["tokens_per_second"], ".1f"),
            _fmt(row["speedup_vs_sequential"]), _fmt(row["nfe_ratio_vs_sequential"]),

@@ -108,7 +108,8 @@ def test_hf_sampling_runs_and_keeps_the_prompt(model):
 
 _ROW_KEYS = {"implementation", "model", "method", "options", "exact", "use_cache", "seq_len",
              "hidden_fraction", "order", "batch", "num_prompt", "generated_per_row", "tokens_generated",
-             "nfe_mean", "nfe_max", "rounds_mean", "rounds_max", "accepted_mean", "drafted_mean",
+             "nfe_mean", "nfe_max", "rounds_mean", "rounds_max", "idle_fraction", "accepted_mean",
+             "drafted_mean",
              "tokens_per_round", "nfe_per_token", "compile_seconds", "run_seconds",
              "run_seconds_all", "warmup", "tokens_per_second", "ms_per_iteration",
              "speedup_vs_sequential",
@@ -180,6 +181,8 @@ def _assert_rows_consistent(rows):
     assert r["tokens_generated"] == r["batch"] * generated
     assert 1 <= r["nfe_mean"] <= r["nfe_max"] <= generated  # never more forwards than tokens
     assert r["rounds_max"] <= generated and r["accepted_mean"] <= generated
+    # Row-iterations past a row's own rounds, of the batch's B x max rounds (0 when rows tie).
+    assert r["idle_fraction"] == pytest.approx(1 - r["rounds_mean"] / r["rounds_max"])
     assert r["tokens_per_round"] == pytest.approx(generated / r["rounds_mean"])
     assert r["nfe_per_token"] == pytest.approx(r["nfe_mean"] / generated)
     assert r["run_seconds"] == pytest.approx(float(np.median(r["run_seconds_all"])))

@@ -1,8 +1,9 @@
 """What every evaluation reports: sampling statistics, a printed table, and a JSON file.
 
 `SamplingStats` accumulates the cost of the sampler calls of one method (forward passes, ASSD
-rounds, kept drafts, generated tokens, run and compile seconds) and derives the per-token numbers
-that the paper reports (NFE, tokens per round, tokens per second). Every task result carries one
+rounds, kept drafts, generated tokens, the batch's loop iterations, run and compile seconds) and
+derives the per-token numbers that the paper reports (NFE, tokens per round, tokens per second)
+and the share of a ragged batch's work spent idle. Every task result carries one
 per method.
 """
 from __future__ import annotations
@@ -42,6 +43,9 @@ class SamplingStats:
     nfe: forward passes (`SampleOutput.nfe` summed over rows).
     rounds: sampler iterations (ASSD rounds; == nfe for sequential).
     accepted: ASSD drafts kept, each round's first included.
+    row_iterations: loop iterations times rows of every call, padding rows included: a batch
+      loops until its slowest row is done, so a row that finishes early, or a padding row, idles
+      (`idle_fraction`).
     seconds: wall-clock run time of the sampler calls, compilation excluded.
     compile_seconds: time spent compiling (0 for cached compilations).
   """
@@ -55,6 +59,7 @@ class SamplingStats:
   accepted: int = 0
   # The counts above that `add_call` sums from the SampleOutput fields of the same names.
   OUTPUT_COUNTS: ClassVar[tuple[str, ...]] = ("nfe", "rounds", "accepted")
+  row_iterations: int = 0
   seconds: float = 0.0
   compile_seconds: float = 0.0
 
@@ -73,6 +78,8 @@ class SamplingStats:
     self.tokens += int(np.asarray(generated)[keep].sum())
     for name in self.OUTPUT_COUNTS:
       setattr(self, name, getattr(self, name) + int(np.asarray(getattr(output, name))[keep].sum()))
+    rounds = np.asarray(output.rounds)
+    self.row_iterations += int(rounds.size * rounds.max(initial=0))
     self.seconds += float(seconds)
     self.compile_seconds += float(compile_seconds)
 
@@ -90,12 +97,19 @@ class SamplingStats:
   tokens_per_round = _ratio_of("tokens", "rounds", "Tokens generated per sampler iteration.")
   tokens_per_second = _ratio_of("tokens", "seconds", "Tokens generated per second of run time.")
 
+  @property
+  def idle_fraction(self) -> float:
+    """The share of row-iterations not spent on a counted row's own rounds: rows already
+    finished while their batch loops on, and padding rows (NaN before any call)."""
+    return 1.0 - _ratio(self.rounds, self.row_iterations)
+
   def to_json(self) -> dict[str, Any]:
     """The fields and the ratios above."""
     return {**dataclasses.asdict(self), **{name: getattr(self, name) for name in _RATIOS}}
 
 
-_RATIOS = ("nfe_per_row", "tokens_per_nfe", "tokens_per_round", "tokens_per_second")
+_RATIOS = ("nfe_per_row", "tokens_per_nfe", "tokens_per_round", "tokens_per_second",
+           "idle_fraction")
 
 
 def drafts_per_round(method: str, draft_len: int) -> int:
@@ -147,6 +161,7 @@ SAMPLING_COLUMNS: tuple[Column, ...] = (
     ("nfe_per_row", "NFE/seq", ".1f"),
     ("tokens_per_round", "tok/round", ".2f"),
     ("tokens_per_second", "tok/s", ".1f"),
+    ("idle_fraction", "idle", ".0%"),
     ("seconds", "run s", ".1f"),
     ("compile_seconds", "compile s", ".1f"),
 )
