@@ -125,6 +125,7 @@ from asarm_jax import masks as masks_lib
 from asarm_jax import ngram
 from asarm_jax import processors
 from asarm_jax import speculation
+from asarm_jax import streaming
 from asarm_jax.cache import KVCache
 from asarm_jax.model import ASARM, ModelConfig
 
@@ -178,13 +179,24 @@ class SampleOutput:
   drafted: jax.Array   # int32 [B]: draft slots the rounds used, sum of m (0 for sequential)
   ranks: jax.Array     # int32 [B, N]: the order the tokens were decided in (the input order
   #                      unless `adaptive_order`)
+  # int32 []: with `num_slots` (continuous batching), the slot-iterations spent on finished
+  # problems; None for one batch, whose rows idle from their last round to the slowest row's.
+  idle_iterations: jax.Array | None = None
+
+  def row_iterations(self) -> int:
+    """Row-iterations the call's loop ran: B x the most rounds for one batch; with `num_slots`,
+    every row's rounds plus the idle slot-iterations."""
+    rounds = np.asarray(self.rounds)
+    if self.idle_iterations is None:
+      return int(rounds.size * rounds.max(initial=0))
+    return int(rounds.sum()) + int(self.idle_iterations)
 
   @property
   def idle_fraction(self) -> float:
-    """The share of the batch's row-iterations spent on rows already finished: a ragged batch
-    loops until its slowest row is done (0 for one row, or rows that finish together)."""
-    rounds = np.asarray(self.rounds)
-    return float(1.0 - rounds.sum() / max(rounds.size * rounds.max(), 1))
+    """The share of the row-iterations spent on rows already finished: a batch loops until its
+    slowest row is done (0 for one row, or rows that finish together); continuous batching
+    (`num_slots`) hands a finished slot the next problem, so only the last problems idle."""
+    return float(1.0 - np.asarray(self.rounds).sum() / max(self.row_iterations(), 1))
 
 
 @flax.struct.dataclass
@@ -512,26 +524,27 @@ def _fused_round(params, state: _LoopState, *, sampler: Sampler, num_content: in
       keys=keys[:, 0])
 
 
-def _loop(params, state: _LoopState, step) -> _LoopState:
-  """Runs `step` until every row is done, carrying finished rows through unchanged.
+def _advance(params, old: _LoopState, step) -> _LoopState:
+  """One loop iteration: `step` for every row, finished rows carried through unchanged.
 
   The cache is not part of that: a finished row writes nothing to it (`cache.content_rows`) and it
   is never read again, so it is not copied every iteration.
   """
+  active = old.active  # [B]
+  new = step(params, old)
 
-  def body(old: _LoopState) -> _LoopState:
-    active = old.active  # [B]
-    new = step(params, old)
+  def keep_finished(old_leaf, new_leaf):
+    mask = active.reshape(active.shape + (1,) * (new_leaf.ndim - 1))
+    return jnp.where(mask, new_leaf, old_leaf)
 
-    def keep_finished(old_leaf, new_leaf):
-      mask = active.reshape(active.shape + (1,) * (new_leaf.ndim - 1))
-      return jnp.where(mask, new_leaf, old_leaf)
+  merged = jax.tree_util.tree_map(keep_finished, old.replace(cache=None), new.replace(cache=None))
+  return merged.replace(cache=new.cache)
 
-    merged = jax.tree_util.tree_map(keep_finished, old.replace(cache=None),
-                                    new.replace(cache=None))
-    return merged.replace(cache=new.cache)
 
-  return jax.lax.while_loop(lambda s: jnp.any(s.active), body, state)
+def _loop(params, state: _LoopState, step) -> _LoopState:
+  """Runs `step` until every row is done (`_advance`)."""
+  return jax.lax.while_loop(lambda s: jnp.any(s.active),
+                            lambda s: _advance(params, s, step), state)
 
 
 @flax.struct.dataclass
@@ -546,12 +559,17 @@ class Batch:
   prefill_rows: int = flax.struct.field(pytree_node=False, default=0)
 
 
-def _initial_state(params, sampler: Sampler, batch: Batch) -> _LoopState:
-  """The loop state before the first forward: only the prompt decided, an empty cache."""
+def _initial_state(params, sampler: Sampler, batch: Batch,
+                   cache: KVCache | None = None) -> _LoopState:
+  """The loop state before the first forward: only the prompt decided, an empty cache (`cache`,
+  when given: an empty one of B rows)."""
   cfg, draft_len = sampler.cfg, sampler.draft_len
   rows, length = batch.tokens.shape
   is_prompt = batch.ranks < batch.num_prompt[:, None]  # [B, N]
   zeros = jnp.zeros((rows,), jnp.int32)
+  if cache is None and sampler.use_cache:
+    cache = ASARM(cfg).apply({"params": params}, rows, length, method=ASARM.init_cache,
+                             query_rows=sampler.query_rows)
   return _LoopState(
       tokens=jnp.where(is_prompt, batch.tokens, cfg.mask_token_id),
       ranks=batch.ranks,
@@ -559,8 +577,7 @@ def _initial_state(params, sampler: Sampler, batch: Batch) -> _LoopState:
       num_prompt=batch.num_prompt,
       num_valid=batch.num_valid,
       num_decided=batch.num_prompt,
-      cache=(ASARM(cfg).apply({"params": params}, rows, length, method=ASARM.init_cache,
-                              query_rows=sampler.query_rows) if sampler.use_cache else None),
+      cache=cache,
       num_cached=zeros,
       draft_tokens=jnp.zeros((rows, draft_len), jnp.int32),
       draft_probs=jnp.zeros((rows, draft_len, cfg.vocab_size), jnp.float32),
@@ -571,39 +588,97 @@ def _initial_state(params, sampler: Sampler, batch: Batch) -> _LoopState:
       keys=batch.keys)
 
 
-@functools.partial(jax.jit, static_argnames=("sampler",))
-def _run(params, batch: Batch, *, sampler: Sampler) -> SampleOutput:
-  """The jitted sampler: one program per (sampler, shapes, prefill_rows), traced with the
-  sampler's backend choices."""
+@functools.partial(jax.jit, static_argnames=("sampler", "num_slots"))
+def _run(params, batch: Batch, *, sampler: Sampler, num_slots: int | None = None
+         ) -> SampleOutput:
+  """The jitted sampler: one program per (sampler, shapes, prefill_rows, num_slots), traced with
+  the sampler's backend choices."""
   with backend.use(sampler.choices):
-    return _traced_run(params, batch, sampler)
+    if num_slots is None:
+      return _traced_run(params, batch, sampler)
+    return _traced_stream(params, batch, sampler, num_slots)
 
 
-def _traced_run(params, batch: Batch, sampler: Sampler) -> SampleOutput:
-  """The body of `_run`."""
-  state = _initial_state(params, sampler, batch)
+def _method_step(sampler: Sampler, rows: int):
+  """(the loop step of `sampler`, bound to it; the steady-state content rows of its cached
+  forwards for a batch of `rows`: module docstring)."""
   step, num_content = {
       "sequential": (_sequential_step, 1),
       "assd": (_assd_round, 1),
       "assd_fused": (_fused_round, sampler.draft_len + 1),
       "ngram": (_ngram_round, sampler.draft_len + 1),
   }[sampler.method if sampler.drafter == "model" else sampler.drafter]
-  # (num_content: steady-state content rows per forward with a cache; module docstring)
-  if batch.tokens.shape[0] == 1:
+  if rows == 1:
     num_content = max(num_content, _MIN_CONTENT_ROWS_OF_ONE)
-  step = functools.partial(step, sampler=sampler)
+  return functools.partial(step, sampler=sampler), num_content
+
+
+def _started(params, sampler: Sampler, batch: Batch, cache: KVCache | None = None) -> _LoopState:
+  """The state after the first forward, which also computes the prompt's content rows (fused
+  ASSD's first proposals; with a cache, every other method's first step)."""
+  state = _initial_state(params, sampler, batch, cache)
+  step, num_content = _method_step(sampler, batch.tokens.shape[0])
   if sampler.method == "assd_fused":
-    state = _fused_start(params, state, sampler=sampler, num_content=batch.prefill_rows)
-  elif sampler.use_cache:
+    return _fused_start(params, state, sampler=sampler, num_content=batch.prefill_rows)
+  if sampler.use_cache:
     # The first step is every row's and its forward also computes the prompt's content rows (and
     # an n-gram round's drafts).
     first_rows = batch.prefill_rows + (num_content - 1 if sampler.drafter == "ngram" else 0)
-    state = step(params, state, num_content=min(first_rows, batch.tokens.shape[1]))
-  state = _loop(params, state, functools.partial(step, num_content=num_content))
+    return step(params, state, num_content=min(first_rows, batch.tokens.shape[1]))
+  return state
+
+
+def _result(state: _LoopState, batch: Batch) -> SampleOutput:
+  """The rows' output: the decided tokens, padding positions as given."""
   padding = batch.ranks >= batch.num_valid[:, None]  # [B, N]
   return SampleOutput(tokens=jnp.where(padding, batch.tokens, state.tokens), nfe=state.nfe,
                       rounds=state.rounds, accepted=state.accepted, drafted=state.drafted,
                       ranks=state.ranks)
+
+
+def _traced_run(params, batch: Batch, sampler: Sampler) -> SampleOutput:
+  """The body of `_run` for one batch."""
+  step, num_content = _method_step(sampler, batch.tokens.shape[0])
+  state = _loop(params, _started(params, sampler, batch),
+                functools.partial(step, num_content=num_content))
+  return _result(state, batch)
+
+
+def _put_row(state: _LoopState, slot: jax.Array, started: _LoopState) -> _LoopState:
+  """`state` [S] with row `slot` replaced by the batch of one `started` (its cache row too)."""
+  put = lambda rows, row: jax.lax.dynamic_update_index_in_dim(rows, row[0], slot, 0)
+  merged = jax.tree_util.tree_map(put, state.replace(cache=None), started.replace(cache=None))
+  if state.cache is None:
+    return merged
+  cache = state.cache.replace(
+      keys=tuple(map(put, state.cache.keys, started.cache.keys)),
+      values=tuple(map(put, state.cache.values, started.cache.values)))
+  return merged.replace(cache=cache)
+
+
+def _traced_stream(params, batch: Batch, sampler: Sampler, num_slots: int) -> SampleOutput:
+  """The body of `_run` with continuous batching: the B problems through `num_slots` slots
+  (streaming.py); a problem is started alone, in an empty one-row cache that shares the slots'
+  relative-position keys and LM-head layout."""
+  step, num_content = _method_step(sampler, num_slots)
+  step = functools.partial(step, num_content=num_content)
+  slots_cache = one_row_cache = None
+  if sampler.use_cache:
+    slots_cache = ASARM(sampler.cfg).apply({"params": params}, num_slots, batch.tokens.shape[1],
+                                           method=ASARM.init_cache, query_rows=sampler.query_rows)
+    one_row_cache = slots_cache.replace(
+        keys=tuple(jnp.zeros_like(k[:1]) for k in slots_cache.keys),
+        values=tuple(jnp.zeros_like(v[:1]) for v in slots_cache.values))
+
+  def start(problems: Batch) -> _LoopState:
+    first = problems.tokens.shape[0] == num_slots  # else one problem, into a vacant slot
+    return _started(params, sampler, problems, slots_cache if first else one_row_cache)
+
+  results, idle = streaming.run(
+      batch, batch.tokens.shape[0], num_slots, start=start,
+      advance=lambda state: _advance(params, state, step), active=lambda state: state.active,
+      put_row=_put_row, result=_result)
+  return results.replace(idle_iterations=idle)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -857,7 +932,8 @@ class Sampler:
                  keys=_row_keys(rng, rows),
                  prefill_rows=_prefill_rows(prompt_np, length) if self.use_cache else 0)
 
-  def __call__(self, params, tokens, ranks, num_prompt, rng, *, num_valid=None) -> SampleOutput:
+  def __call__(self, params, tokens, ranks, num_prompt, rng, *, num_valid=None,
+               num_slots: int | None = None) -> SampleOutput:
     """Fills every non-prompt position of a batch, in rank order, exactly.
 
     Args:
@@ -869,18 +945,24 @@ class Sampler:
         call with `keys[b:b + 1]` reproduces row b).
       num_valid: int or int [B], default N: ranks >= num_valid are padding. They are never
         generated, no other position sees them, and they come back as given. They must rank last.
+      num_slots: continuous batching: run the B rows as a stream of problems through this many
+        slots, each finished slot taking the next problem (streaming.py), instead of one batch
+        that loops until its slowest row is done. None (or >= B): one batch. The output is the
+        same either way (each row samples with its own key); only the idle work differs
+        (`SampleOutput.idle_fraction`).
 
     Returns:
       SampleOutput (see its fields; the NFE accounting is in the module docstring).
     """
-    return _run(params, self.batch(tokens, ranks, num_prompt, rng, num_valid), sampler=self)
+    batch = self.batch(tokens, ranks, num_prompt, rng, num_valid)
+    return _run(params, batch, sampler=self, num_slots=_slots(num_slots, batch))
 
-  def compile(self, params, batch: Batch):
+  def compile(self, params, batch: Batch, num_slots: int | None = None):
     """The compiled program for `batch`'s shapes: call it as `compiled(params, batch)`."""
-    return _run.lower(params, batch, sampler=self).compile()
+    return _run.lower(params, batch, sampler=self, num_slots=_slots(num_slots, batch)).compile()
 
-  def timed(self, params, tokens, ranks, num_prompt, rng, *, num_valid=None, repeats: int = 1
-            ) -> tuple[SampleOutput, float, float]:
+  def timed(self, params, tokens, ranks, num_prompt, rng, *, num_valid=None, repeats: int = 1,
+            num_slots: int | None = None) -> tuple[SampleOutput, float, float]:
     """`__call__`, compiled first: returns (output, compile seconds, run seconds).
 
     With `repeats` > 1 the compiled program runs that many times on the same inputs (the same
@@ -892,7 +974,7 @@ class Sampler:
       raise ValueError(f"repeats must be an integer >= 1; got {repeats!r}")
     batch = self.batch(tokens, ranks, num_prompt, rng, num_valid)
     start = time.perf_counter()
-    compiled = self.compile(params, batch)
+    compiled = self.compile(params, batch, num_slots)
     compile_seconds = time.perf_counter() - start
     run_seconds = []
     for _ in range(repeats):
@@ -902,27 +984,51 @@ class Sampler:
     return out, compile_seconds, float(np.median(run_seconds))
 
 
+def _slots(num_slots, batch: Batch) -> int | None:
+  """The static slot count of `_run` for `batch`: None for one batch (`num_slots` None or >= B).
+
+  Raises:
+    ValueError: `num_slots` is not None or an integer >= 1.
+  """
+  if num_slots is None:
+    return None
+  if isinstance(num_slots, bool) or not isinstance(num_slots, (int, np.integer)) or num_slots < 1:
+    raise ValueError(f"num_slots must be None (one batch) or an integer >= 1; got {num_slots!r}")
+  return int(num_slots) if num_slots < batch.tokens.shape[0] else None
+
+
 def _batch_shape(tokens) -> tuple[int, int] | None:
   """(B, N) of tokens [B, N]; None for anything else (`Sampler.batch` rejects it)."""
   return tuple(int(d) for d in np.shape(tokens)) if np.ndim(tokens) == 2 else None
 
 
+def _rows_at_once(tokens, num_slots) -> tuple[int, int] | None:
+  """(rows sampled together, N): the slots of a stream, else the batch (what "auto" sizes for)."""
+  shape = _batch_shape(tokens)
+  if shape is None or not isinstance(num_slots, (int, np.integer)) or isinstance(num_slots, bool):
+    return shape
+  return (max(1, min(int(num_slots), shape[0])), shape[1])
+
+
 def sample(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, *, num_valid=None,
-           **options) -> SampleOutput:
-  """`Sampler.create(cfg, **options)(params, tokens, ranks, num_prompt, rng, num_valid=...)`.
+           num_slots: int | None = None, **options) -> SampleOutput:
+  """`Sampler.create(cfg, **options)(params, tokens, ranks, num_prompt, rng, num_valid=...,
+  num_slots=...)`.
 
   Options (see `Sampler.create`): method, draft_len, temperature, top_k, top_p, banned_ids,
   use_cache, adaptive, drafter and the lossy r_atol and draft_only_temperature; "auto" resolves
-  with the batch size B. Raises ValueError naming a bad argument before anything is compiled.
+  with the rows sampled at once (B, or `num_slots`). Raises ValueError naming a bad argument
+  before anything is compiled.
   """
-  sampler = Sampler.create(cfg, batch_shape=_batch_shape(tokens), **options)
-  return sampler(params, tokens, ranks, num_prompt, rng, num_valid=num_valid)
+  sampler = Sampler.create(cfg, batch_shape=_rows_at_once(tokens, num_slots), **options)
+  return sampler(params, tokens, ranks, num_prompt, rng, num_valid=num_valid, num_slots=num_slots)
 
 
 def timed_sample(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, *, num_valid=None,
-                 repeats: int = 1, **options) -> tuple[SampleOutput, float, float]:
+                 repeats: int = 1, num_slots: int | None = None, **options
+                 ) -> tuple[SampleOutput, float, float]:
   """`sample`, compiled first: returns (output, compile seconds, median run seconds of `repeats`
   runs; see `Sampler.timed`)."""
-  sampler = Sampler.create(cfg, batch_shape=_batch_shape(tokens), **options)
+  sampler = Sampler.create(cfg, batch_shape=_rows_at_once(tokens, num_slots), **options)
   return sampler.timed(params, tokens, ranks, num_prompt, rng, num_valid=num_valid,
-                       repeats=repeats)
+                       repeats=repeats, num_slots=num_slots)

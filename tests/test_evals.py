@@ -7,7 +7,6 @@ import pathlib
 import re
 import subprocess
 import sys
-import types
 
 import jax
 import numpy as np
@@ -367,17 +366,22 @@ def test_sampling_stats_merge_and_json():
   assert report.SamplingStats("oracle").to_json()["tokens_per_round"] != 0  # NaN, not a crash
 
 
+def _output(rounds, accepted):
+  """A SampleOutput of fused rounds (one forward each) with these counts."""
+  zeros = np.zeros((len(rounds), 4), np.int32)
+  return sampling.SampleOutput(tokens=zeros, nfe=rounds, rounds=rounds, accepted=accepted,
+                               drafted=accepted, ranks=zeros)
+
+
 def test_sampling_stats_count_idle_rows_of_a_ragged_batch():
   """A batch loops until its slowest row is done: rows that finished earlier, and padding rows,
   idle for the rest of the call."""
   stats = report.SamplingStats("assd_fused", 3)
-  ragged = types.SimpleNamespace(nfe=np.array([3, 5, 5]), rounds=np.array([3, 5, 5]),
-                                 accepted=np.array([6, 9, 9]))
+  ragged = _output(rounds=np.array([3, 5, 5]), accepted=np.array([6, 9, 9]))
   stats.add_call(ragged, np.array([9, 12, 12]), np.array([True, True, False]), 1.0, 0.0)
   assert (stats.rows, stats.rounds, stats.row_iterations) == (2, 8, 15)
   assert stats.idle_fraction == pytest.approx(7 / 15)  # 2 idle iterations of row 0, 5 of padding
-  even = types.SimpleNamespace(nfe=np.array([4, 4]), rounds=np.array([4, 4]),
-                               accepted=np.array([8, 8]))
+  even = _output(rounds=np.array([4, 4]), accepted=np.array([8, 8]))
   stats.add_call(even, np.array([8, 8]), np.array([True, True]), 1.0, 0.0)
   assert stats.idle_fraction == pytest.approx(1 - 16 / 23)
   assert stats.to_json()["idle_fraction"] == stats.idle_fraction

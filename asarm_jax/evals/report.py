@@ -68,7 +68,7 @@ class SamplingStats:
     """Adds one batched `sampling.sample` call.
 
     Args:
-      output: its SampleOutput (nfe, rounds, accepted: [B]).
+      output: its SampleOutput (nfe, rounds, accepted: [B]; its row_iterations()).
       generated: int [B], hidden tokens of each row.
       keep: bool [B], False on padding rows (their work is not counted, their time is).
       seconds, compile_seconds: from `sampling.timed_sample`.
@@ -78,8 +78,7 @@ class SamplingStats:
     self.tokens += int(np.asarray(generated)[keep].sum())
     for name in self.OUTPUT_COUNTS:
       setattr(self, name, getattr(self, name) + int(np.asarray(getattr(output, name))[keep].sum()))
-    rounds = np.asarray(output.rounds)
-    self.row_iterations += int(rounds.size * rounds.max(initial=0))
+    self.row_iterations += output.row_iterations()
     self.seconds += float(seconds)
     self.compile_seconds += float(compile_seconds)
 
