@@ -7,10 +7,12 @@
 One pipeline serves every caller (the text API here, the evaluations, the main job):
 `fill_examples` takes `Example`s (a token sequence and the positions to generate), groups them by
 padded length (multiples of `length_bucket`, capped at the model's max_len), sorts each group by the
-number of hidden tokens so that the rows of a batch finish together (a ragged batch loops until its
-slowest row is done), and fills fixed-size batches with the sampler, visible tokens first, then the
-hidden ones in the chosen order. Short batches are topped up with copies of their first row so that
-every batch of a length bucket shares one compilation. Padding positions take the last ranks and
+number of hidden tokens, most first, and fills each group with the sampler, visible tokens first,
+then the hidden ones in the chosen order. A group of more examples than `batch_size` runs as one
+stream through `batch_size` slots (continuous batching, `sampling.Sampler`'s `num_slots`): a slot
+whose example is done takes the next one, so rows idle only at the end of the group (a batch loops
+until its slowest row is done). A smaller group is one batch, topped up with copies of its first
+row so that every such batch of a length bucket shares one compilation. Padding positions take the last ranks and
 are passed as `num_valid`: they are never generated and nothing attends to them, so the result is
 the same as with the exact length. Example i samples with `fold_in(rng, i)` (and, in the random
 order, its order from `fold_in(key(order_seed), i)`, drawn over its own length), and a row's result
@@ -157,11 +159,12 @@ def check_examples(examples: Sequence[Example], cfg: ModelConfig) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class FilledBatch:
-  """One sampler call of `fill_examples`: rows past len(indices) are top-up copies."""
-  indices: list[int]          # the examples in the batch's first rows
-  out: sampling.SampleOutput  # [batch_size] rows
-  num_valid: np.ndarray       # int32 [batch_size]: each row's sequence length
-  generated: np.ndarray       # int32 [batch_size]: hidden tokens of each row
+  """One sampler call of `fill_examples` (a batch, or a stream through `batch_size` slots): rows
+  past len(indices) are top-up copies."""
+  indices: list[int]          # the examples in the call's first rows
+  out: sampling.SampleOutput  # [R] rows: batch_size, or every example of a stream
+  num_valid: np.ndarray       # int32 [R]: each row's sequence length
+  generated: np.ndarray       # int32 [R]: hidden tokens of each row
   seconds: float              # run time of the call (median of timing_repeats), no compile
   compile_seconds: float      # 0.0 when the compilation was cached
 
@@ -177,19 +180,16 @@ class FilledBatch:
             for row, index in enumerate(self.indices)]
 
 
-def _batches(examples: Sequence[Example], batch_size: int, length_bucket: int,
-             max_len: int) -> list[tuple[int, list[int]]]:
-  """(padded length, example indices) per batch: grouped by length, sorted by hidden count."""
+def _length_groups(examples: Sequence[Example], length_bucket: int,
+                   max_len: int) -> list[tuple[int, list[int]]]:
+  """(padded length, example indices) per length group, sorted by hidden count, most first (a
+stream then ends on its shortest examples)."""
   groups: dict[int, list[int]] = {}
   for index, example in enumerate(examples):
     length = min(-(-len(example.tokens) // length_bucket) * length_bucket, max_len)
     groups.setdefault(length, []).append(index)
-  batches = []
-  for length in sorted(groups):
-    indices = sorted(groups[length], key=lambda i: (-int(examples[i].hidden.sum()), i))
-    batches += [(length, indices[s:s + batch_size])
-                for s in range(0, len(indices), batch_size)]
-  return batches
+  return [(length, sorted(groups[length], key=lambda i: (-int(examples[i].hidden.sum()), i)))
+          for length in sorted(groups)]
 
 
 def pose_batch(examples: Sequence[Example], length: int, *, order: str = "left_to_right",
@@ -239,7 +239,8 @@ def fill_examples(params, cfg: ModelConfig, examples: Sequence[Example], rng, *,
     params, cfg: the model.
     examples: what to fill (see `Example`).
     rng: PRNG key; example i uses `fold_in(rng, i)`.
-    batch_size: rows per sampler call.
+    batch_size: rows sampled at once: a length group of more examples is a stream through this
+      many slots (module docstring).
     length_bucket: sequence lengths are rounded up to a multiple of this (at most cfg.max_len).
     order: the order of the hidden positions, one of `ORDERS` (`masks.ORDER_HELP`): the default
       "left_to_right" is the paper's; "random" gives each example its own uniformly random order.
@@ -262,7 +263,7 @@ def fill_examples(params, cfg: ModelConfig, examples: Sequence[Example], rng, *,
   sampling.Sampler.create(cfg, **sampler_options)  # every option checked before any compilation
   row_keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(len(examples)))
   filled = []
-  for length, indices in _batches(examples, batch_size, length_bucket, cfg.max_len):
+  for length, indices in _length_groups(examples, length_bucket, cfg.max_len):
     sampler = sampling.Sampler.create(cfg, batch_shape=(batch_size, length), **sampler_options)
     rows = indices + [indices[0]] * (batch_size - len(indices))  # top up: one compiled shape
     tokens, ranks, num_prompt, num_valid = pose_batch(
@@ -270,7 +271,7 @@ def fill_examples(params, cfg: ModelConfig, examples: Sequence[Example], rng, *,
         indices=rows)
     out, compile_seconds, seconds = sampler.timed(
         params, tokens, ranks, num_prompt, row_keys[np.asarray(rows)], num_valid=num_valid,
-        repeats=timing_repeats)
+        repeats=timing_repeats, num_slots=batch_size)
     filled.append(FilledBatch(indices=indices, out=out, num_valid=num_valid,
                               generated=num_valid - num_prompt, seconds=seconds,
                               compile_seconds=compile_seconds))

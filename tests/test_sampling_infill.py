@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 from asarm_jax import infilling
@@ -95,6 +96,27 @@ def test_padding_does_not_change_the_result(model, options):
                                 **options)
   assert [r.text for r in bucketed] == [r.text for r in exact]
   assert [r.nfe for r in bucketed] == [r.nfe for r in exact]
+
+
+def test_a_group_larger_than_the_batch_streams_with_the_same_results(model):
+  """5 texts with batch_size 2 run as one stream through 2 slots (continuous batching): the same
+  completions and NFE as one batch of 5, and less idle work."""
+  cfg, params, tokenizer = model
+  texts = [TEXT, "x = [MASK*9]\n", "def f():\n    [MASK*2]\n", "[MASK*5] = 1\n", "y = [MASK]\n"]
+  key = jax.random.key(2)
+  streamed = infilling.infill_texts(params, cfg, tokenizer, texts, key, batch_size=2,
+                                    method="sequential")
+  together = infilling.infill_texts(params, cfg, tokenizer, texts, key, batch_size=5,
+                                    method="sequential")
+  assert [r.text for r in streamed] == [r.text for r in together]
+  assert [r.nfe for r in streamed] == [r.nfe for r in together]
+  examples = [infilling.Example.from_span(tokenizer.encode(t.split("[")[0]), [5] * 4, [])
+              for t in texts[:3]] + [infilling.Example.from_span([5], [6] * 9, [7])]
+  stream, = infilling.fill_examples(params, cfg, examples, key, batch_size=2, method="sequential")
+  batch, = infilling.fill_examples(params, cfg, examples, key, batch_size=4, method="sequential")
+  assert stream.out.idle_iterations is not None and batch.out.idle_iterations is None
+  assert stream.out.idle_fraction < batch.out.idle_fraction
+  np.testing.assert_array_equal(stream.out.tokens, batch.out.tokens)
 
 
 def test_greedy_is_the_same_for_both_methods(model):
