@@ -659,7 +659,7 @@ def _put_row(state: _LoopState, slot: jax.Array, started: _LoopState) -> _LoopSt
 def _traced_stream(params, batch: Batch, sampler: Sampler, num_slots: int) -> SampleOutput:
   """The body of `_run` with continuous batching: the B problems through `num_slots` slots
   (streaming.py); a problem is started alone, in an empty one-row cache that shares the slots'
-  relative-position keys and LM-head layout."""
+  relative-position keys and LM-head layout, with the prefill rows its prompt needs."""
   step, num_content = _method_step(sampler, num_slots)
   step = functools.partial(step, num_content=num_content)
   slots_cache = one_row_cache = None
@@ -670,9 +670,18 @@ def _traced_stream(params, batch: Batch, sampler: Sampler, num_slots: int) -> Sa
         keys=tuple(jnp.zeros_like(k[:1]) for k in slots_cache.keys),
         values=tuple(jnp.zeros_like(v[:1]) for v in slots_cache.values))
 
+  # A problem started into a vacant slot computes as many prefill rows as its own prompt needs
+  # (`_prefill_rows`: a power of two), not the longest prompt's of the whole stream.
+  smallest = _MIN_PREFILL_ROWS.bit_length() - 1  # log2 of the fewest prefill rows
+  sizes = sorted({batch.prefill_rows} | {
+      min(1 << n, batch.prefill_rows) for n in range(smallest, batch.prefill_rows.bit_length())})
+
   def start(problems: Batch) -> _LoopState:
-    first = problems.tokens.shape[0] == num_slots  # else one problem, into a vacant slot
-    return _started(params, sampler, problems, slots_cache if first else one_row_cache)
+    if problems.tokens.shape[0] == num_slots:  # the first slots
+      return _started(params, sampler, problems, slots_cache)
+    starts = [functools.partial(_started, params, sampler, problems.replace(prefill_rows=size),
+                                one_row_cache) for size in sizes]
+    return jax.lax.switch(jnp.searchsorted(jnp.asarray(sizes), problems.num_prompt[0]), starts)
 
   results, idle = streaming.run(
       batch, batch.tokens.shape[0], num_slots, start=start,

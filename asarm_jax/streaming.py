@@ -100,7 +100,9 @@ def run(problems: Problems, num_problems: int, num_slots: int, *,
 
   def body(slots: _Slots) -> _Slots:
     idle = jnp.sum(~active(slots.state)).astype(jnp.int32)
-    return refill(slots.replace(state=advance(slots.state), idle=slots.idle + idle))
+    slots = slots.replace(state=advance(slots.state), idle=slots.idle + idle)
+    # Most iterations finish no problem: then there is nothing to write or start.
+    return jax.lax.cond(jnp.any(~active(slots.state)), refill, lambda unchanged: unchanged, slots)
 
   slots = jax.lax.while_loop(lambda s: jnp.any(active(s.state)), body, refill(slots))
   return slots.results, slots.idle

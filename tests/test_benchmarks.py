@@ -430,7 +430,10 @@ def test_real_size_floor_follows_the_formula():
     ("orders", ["--run=lr=no/such/run"], "not a training run directory"),
     ("orders", ["--quick", "--draft_len=3,x"], "comma-separated integers >= 1"),
     ("profile_forward", ["--model=xlnet_large"], "value should be one of <default|xlnet_base>"),
-    ("profile_forward", ["--seq_lens=9999", "--batches=1"], "exceeds the model's max_len 512")])
+    ("profile_forward", ["--seq_lens=9999", "--batches=1"], "exceeds the model's max_len 512"),
+    ("streaming", [], "name a model"),
+    ("streaming", ["--quick", "--slots=9", "--num_problems=9"], "--slots must be in"),
+    ("streaming", ["--quick", "--slots=0"], "--slots=0")])
 @pytest.mark.slow
 def test_benchmark_user_mistakes_are_one_line(module, flags, message):
   """A user mistake: one line `error: ...`, exit status 2, before anything is measured."""
@@ -461,3 +464,26 @@ def test_orders_benchmark_chooses_the_fastest_order_within_the_nll_tolerance():
   assert choice["draft_len"] == 8
   assert choice["nll_vs_best"] == pytest.approx(3.05 / 3.00)
   assert choice["speedup_vs_sequential"] == pytest.approx(3.3)
+
+
+@pytest.mark.slow
+def test_streaming_benchmark_quick(tmp_path):
+  """Batches and the stream fill the same tokens; the stream idles no more, and each row's
+  figures are those of its SamplingStats."""
+  from benchmarks import streaming
+  out = tmp_path / "streaming.json"
+  results = streaming.run_benchmark(workdir=None, random_model=False, quick=True, out=str(out),
+                                    num_problems=5, slots=2, draft_len=3, seed=0, command="test")
+  assert json.loads(out.read_text())["rows"] == results["rows"]
+  assert "| sequential | stream |" in out.with_suffix(".md").read_text()
+  rows = {(r["method"], r["strategy"]): r for r in results["rows"]}
+  assert set(rows) == {(m, s) for m in ("sequential", "assd_fused k=3")
+                       for s in ("batches", "stream")}
+  for method in ("sequential", "assd_fused k=3"):
+    batches, stream = rows[method, "batches"], rows[method, "stream"]
+    assert batches["same_tokens_as_other"] and stream["same_tokens_as_other"]
+    assert batches["rows"] == stream["rows"] == 5 and batches["tokens"] == stream["tokens"]
+    assert batches["rounds"] == stream["rounds"] and batches["nfe"] == stream["nfe"]
+    assert stream["idle_fraction"] <= batches["idle_fraction"]
+    assert stream["speedup_vs_batches"] == pytest.approx(batches["seconds"] / stream["seconds"])
+    assert batches["row_iterations"] % 2 == 0  # whole batches of 2 rows

@@ -110,10 +110,12 @@ def test_a_group_larger_than_the_batch_streams_with_the_same_results(model):
                                     method="sequential")
   assert [r.text for r in streamed] == [r.text for r in together]
   assert [r.nfe for r in streamed] == [r.nfe for r in together]
+  # The last to start has a prompt of 41 tokens: its slot computes 64 prefill rows, the others 32.
   examples = [infilling.Example.from_span(tokenizer.encode(t.split("[")[0]), [5] * 4, [])
-              for t in texts[:3]] + [infilling.Example.from_span([5], [6] * 9, [7])]
+              for t in texts[:3]] + [infilling.Example.from_span([5], [6] * 9, [7]),
+                                     infilling.Example.from_span([5] * 40, [6] * 3, [7])]
   stream, = infilling.fill_examples(params, cfg, examples, key, batch_size=2, method="sequential")
-  batch, = infilling.fill_examples(params, cfg, examples, key, batch_size=4, method="sequential")
+  batch, = infilling.fill_examples(params, cfg, examples, key, batch_size=5, method="sequential")
   assert stream.out.idle_iterations is not None and batch.out.idle_iterations is None
   assert stream.out.idle_fraction < batch.out.idle_fraction
   np.testing.assert_array_equal(stream.out.tokens, batch.out.tokens)
