@@ -101,7 +101,10 @@ once and returns a frozen, hashable `Sampler`; calling it on params and a batch 
 one-call form.
 
 Batches are ragged: every row has its own prompt length, `num_valid` and progress; the loop runs
-while any row is unfinished, and a finished row's state is carried through unchanged (bitwise). Each
+while any row is unfinished, and a finished row's state is carried through unchanged (bitwise).
+With `num_slots` < B (continuous batching, streaming.py) the B rows are problems fed through
+`num_slots` slots instead: a slot whose problem is done takes the next one, started alone (its own
+prefill forward, into a one-row cache) and then advanced with the others. Each
 row owns a PRNG stream (split from `rng`), consumed only while the row is active, so a row's result
 does not depend on the other rows of its batch. Every iteration splits a row's key into (next,
 draft, accept, resample) in every sampler, so ASSD with k == 1 reproduces sequential decoding token

@@ -144,6 +144,9 @@ def main() -> None:
   """The command line."""
   from absl import flags  # pylint: disable=import-outside-toplevel
 
+  from asarm_jax.cli import common  # pylint: disable=import-outside-toplevel
+
+  common.quiet_library_logs()
   values = flags.FLAGS
   if values.workdir is None and not (values.random_model or values.quick):
     raise ValueError("name a model: --workdir DIR, --random_model or --quick")
