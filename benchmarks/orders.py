@@ -19,8 +19,12 @@ For every trained run (labelled by the order it was trained with) and every deco
    order); and ASSD (the first k) with the adaptive order (lowest entropy first, `adaptive_order`:
    not the law of any fixed order, so it has no NLL row and is never chosen).
 Then per run the choice the library acts on: the fastest (decoding order, k) whose order's NLL at
-90% hidden is within 3% of the run's best order. Writes benchmarks/results/orders.{json,md} (or
---out).
+90% hidden is within 3% of the run's best order; and what bounds the speed-up on this machine: a
+least-squares fit of the measured ms per fused round against k (ms = a + b k, every order's rows:
+the shapes, and so the cost, do not depend on the order), against the ms per sequential step s.
+A round that kept all k drafts would run k s / (a + b k) times faster than sequential decoding;
+as k grows that tends to s / b, the most any order can give. Writes
+benchmarks/results/orders.{json,md} (or --out).
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 
 from asarm_jax import masks
 from asarm_jax.evals import heldout_loss
@@ -102,6 +107,26 @@ def choose_order(quality: list[dict[str, Any]], speed: list[dict[str, Any]],
           "speedup_vs_sequential": fastest["speedup_vs_sequential"]}
 
 
+def round_cost_fit(speed: list[dict[str, Any]]) -> dict[str, Any] | None:
+  """ms per fused round = a + b k, fitted to the fused rows of `speed` (None with fewer than two
+  k); with the sequential step's ms s: the speed-up of a round that keeps every draft at the
+  largest k measured, and its limit s / b as k grows (module docstring)."""
+  fused = [r for r in speed if r["method"] == "assd_fused"]
+  draft_lens = sorted({r["draft_len"] for r in fused})
+  if len(draft_lens) < 2:
+    return None
+  sequential = next(r for r in speed if r["method"] == "sequential")
+  step_ms = sequential["run_s"] / sequential["rounds"] * 1e3
+  ks = np.array([r["draft_len"] for r in fused], float)
+  ms = np.array([r["run_s"] / r["rounds"] * 1e3 for r in fused])
+  per_k, fixed = np.polyfit(ks, ms, 1)
+  largest = draft_lens[-1]
+  return {"step_ms": step_ms, "round_fixed_ms": float(fixed), "round_ms_per_k": float(per_k),
+          "largest_k": largest,
+          "all_kept_speedup_at_largest_k": largest * step_ms / (fixed + per_k * largest),
+          "speedup_limit": step_ms / per_k if per_k > 0 else float("inf")}
+
+
 def measure_run(label: str, workdir: str | None, *, quick: bool, draft_lens: tuple[int, ...],
                 seed: int) -> dict[str, Any]:
   """Quality and speed rows of one run, and its chosen order."""
@@ -121,7 +146,7 @@ def measure_run(label: str, workdir: str | None, *, quick: bool, draft_lens: tup
     print(json.dumps(row), flush=True)
   return {"training_order": label, "model": model.description,
           "trained_with": settings["masking"].hidden_order, "quality": quality, "speed": speed,
-          "choice": choose_order(quality, speed)}
+          "choice": choose_order(quality, speed), "round_cost": round_cost_fit(speed)}
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -163,6 +188,19 @@ def markdown(results: dict[str, Any]) -> str:
     lines.append(f"| {run['training_order']} | {choice['order']} | {choice['draft_len']} | "
                  f"{choice['nll_vs_best']:.4f} | {', '.join(choice['acceptable'])} | "
                  f"{choice['speedup_vs_sequential']:.2f} |")
+  fits = [(run["training_order"], run["round_cost"]) for run in results["runs"]
+          if run.get("round_cost")]
+  if fits:
+    lines += ["", "What bounds the speed-up on this machine: ms per fused round = a + b k (least "
+              "squares over every order's rows), s = ms per sequential step; a round that keeps "
+              "all k drafts runs k s / (a + b k) times faster than sequential decoding, at most "
+              "s / b as k grows.", "",
+              "| trained with | s (ms) | a (ms) | b (ms per k) | all kept, largest k | limit s / b |",
+              "|---|---|---|---|---|---|"]
+    for label, fit in fits:
+      lines.append(f"| {label} | {fit['step_ms']:.3f} | {fit['round_fixed_ms']:.3f} | "
+                   f"{fit['round_ms_per_k']:.3f} | {fit['all_kept_speedup_at_largest_k']:.2f} "
+                   f"(k={fit['largest_k']}) | {fit['speedup_limit']:.2f} |")
   return "\n".join(lines) + "\n"
 
 

@@ -466,6 +466,23 @@ def test_orders_benchmark_chooses_the_fastest_order_within_the_nll_tolerance():
   assert choice["speedup_vs_sequential"] == pytest.approx(3.3)
 
 
+def test_orders_benchmark_fits_the_round_cost_and_its_bound():
+  """ms per round = 0.3 + 0.2 k on every order's rows, a 0.4 ms step: all drafts kept at k = 8
+  gives 8 x 0.4 / 1.9, and no k more than 0.4 / 0.2 = 2."""
+  from benchmarks import orders  # pylint: disable=import-outside-toplevel
+  speed = [{"method": "sequential", "run_s": 0.4 * 100 / 1e3, "rounds": 100}]
+  speed += [{"method": "assd_fused", "draft_len": k, "decoding_order": o,
+             "run_s": (0.3 + 0.2 * k) * rounds / 1e3, "rounds": rounds}
+            for o, rounds in (("left_to_right", 60), ("random", 15)) for k in (3, 5, 8)]
+  fit = orders.round_cost_fit(speed)
+  assert fit["step_ms"] == pytest.approx(0.4)
+  assert (fit["round_fixed_ms"], fit["round_ms_per_k"]) == (pytest.approx(0.3), pytest.approx(0.2))
+  assert fit["largest_k"] == 8
+  assert fit["all_kept_speedup_at_largest_k"] == pytest.approx(8 * 0.4 / 1.9)
+  assert fit["speedup_limit"] == pytest.approx(2.0)
+  assert orders.round_cost_fit([speed[0], speed[1], speed[4]]) is None  # one k: nothing to fit
+
+
 @pytest.mark.slow
 def test_streaming_benchmark_quick(tmp_path):
   """Batches and the stream fill the same tokens; the stream idles no more, and each row's
