@@ -24,11 +24,12 @@ Training order, measured with this config at step 500 (`python -m benchmarks.ord
 and fused ASSD tokens/s at its best k against cached sequential decoding (N = 512, 90% hidden,
 batch 1):
   trained with          left_to_right    random         spread
-  left_to_right         4.128  0.52x     4.812  1.44x   4.873  1.42x
-  random                4.390  0.99x     4.432  1.78x   4.443  1.77x
-  mixture (p = 0.5)     4.239  0.68x     4.472  1.20x   4.503  1.25x
-Left to right stays the default: its NLL is the best by 6% or more; the random-trained model's
-fastest order (random, 1.78x) costs 7.4% in NLL against it, outside the 3% the main job allows.
+  left_to_right         4.128  0.58x     4.812  1.04x   4.873  0.93x
+  random                4.390  0.62x     4.432  1.43x   4.443  1.52x
+  mixture (p = 0.5)     4.239  0.57x     4.472  1.24x   4.503  1.51x
+(speeds from one run; an earlier run gave the random-trained row 0.99x, 1.78x, 1.77x.) Left to
+right stays the default: its NLL is the best by 6% or more; the random-trained model's fastest
+order (spread, 1.52x) costs 7.6% in NLL against it, outside the 3% the main job allows.
 """
 import ml_collections
 from ml_collections import config_dict
