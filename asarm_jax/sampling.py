@@ -679,15 +679,14 @@ def _traced_stream(params, batch: Batch, sampler: Sampler, num_slots: int) -> Sa
   sizes = sorted({batch.prefill_rows} | {
       min(1 << n, batch.prefill_rows) for n in range(smallest, batch.prefill_rows.bit_length())})
 
-  def start(problems: Batch) -> _LoopState:
-    if problems.tokens.shape[0] == num_slots:  # the first slots
-      return _started(params, sampler, problems, slots_cache)
-    starts = [functools.partial(_started, params, sampler, problems.replace(prefill_rows=size),
+  def start_one(problem: Batch) -> _LoopState:
+    starts = [functools.partial(_started, params, sampler, problem.replace(prefill_rows=size),
                                 one_row_cache) for size in sizes]
-    return jax.lax.switch(jnp.searchsorted(jnp.asarray(sizes), problems.num_prompt[0]), starts)
+    return jax.lax.switch(jnp.searchsorted(jnp.asarray(sizes), problem.num_prompt[0]), starts)
 
   results, idle = streaming.run(
-      batch, batch.tokens.shape[0], num_slots, start=start,
+      batch, batch.tokens.shape[0], num_slots,
+      start=lambda first: _started(params, sampler, first, slots_cache), start_one=start_one,
       advance=lambda state: _advance(params, state, step), active=lambda state: state.active,
       put_row=_put_row, result=_result)
   return results.replace(idle_iterations=idle)

@@ -43,6 +43,7 @@ def _row(tree, index):
 
 def run(problems: Problems, num_problems: int, num_slots: int, *,
         start: Callable[[Problems], State],
+        start_one: Callable[[Problems], State],
         advance: Callable[[State], State],
         active: Callable[[State], jax.Array],
         put_row: Callable[[State, jax.Array, State], State],
@@ -52,7 +53,8 @@ def run(problems: Problems, num_problems: int, num_slots: int, *,
   Args:
     problems: the inputs, every leaf [P, ...] with P = num_problems.
     num_problems, num_slots: P and S (static, 1 <= S <= P).
-    start: problems [R] -> a started state [R] (R = S for the first slots, 1 for a refill).
+    start: problems [S] -> the first slots' started state [S].
+    start_one: a problem [1] -> its started state [1], to be put into a vacant slot.
     advance: state [S] -> state [S], one loop iteration (finished slots carried unchanged).
     active: state [S] -> bool [S], the slots whose problem is unfinished.
     put_row: (state [S], slot index, started state [1]) -> state [S] with that slot replaced.
@@ -87,7 +89,7 @@ def run(problems: Problems, num_problems: int, num_slots: int, *,
     slots = flush(slots)
     vacant = ~active(slots.state)
     slot = jnp.argmax(vacant)  # callers ensure one exists
-    started = start(_row(problems, slots.next_problem))
+    started = start_one(_row(problems, slots.next_problem))
     return slots.replace(state=put_row(slots.state, slot, started),
                          problem=slots.problem.at[slot].set(slots.next_problem),
                          next_problem=slots.next_problem + 1)

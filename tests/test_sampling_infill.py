@@ -99,26 +99,22 @@ def test_padding_does_not_change_the_result(model, options):
 
 
 def test_a_group_larger_than_the_batch_streams_with_the_same_results(model):
-  """5 texts with batch_size 2 run as one stream through 2 slots (continuous batching): the same
-  completions and NFE as one batch of 5, and less idle work."""
+  """5 examples with batch_size 2 run as one stream through 2 slots (continuous batching): the
+  same tokens and NFE as one batch of 5, and less idle work. The last to start has a prompt of 41
+  tokens: its slot computes 64 prefill rows, the others 32."""
   cfg, params, tokenizer = model
-  texts = [TEXT, "x = [MASK*9]\n", "def f():\n    [MASK*2]\n", "[MASK*5] = 1\n", "y = [MASK]\n"]
   key = jax.random.key(2)
-  streamed = infilling.infill_texts(params, cfg, tokenizer, texts, key, batch_size=2,
-                                    method="sequential")
-  together = infilling.infill_texts(params, cfg, tokenizer, texts, key, batch_size=5,
-                                    method="sequential")
-  assert [r.text for r in streamed] == [r.text for r in together]
-  assert [r.nfe for r in streamed] == [r.nfe for r in together]
-  # The last to start has a prompt of 41 tokens: its slot computes 64 prefill rows, the others 32.
-  examples = [infilling.Example.from_span(tokenizer.encode(t.split("[")[0]), [5] * 4, [])
-              for t in texts[:3]] + [infilling.Example.from_span([5], [6] * 9, [7]),
-                                     infilling.Example.from_span([5] * 40, [6] * 3, [7])]
+  prefixes = ["def add(a, b):\n    return ", "x = ", "def f():\n    "]
+  examples = [infilling.Example.from_span(tokenizer.encode(p), [5] * 4, []) for p in prefixes]
+  examples += [infilling.Example.from_span([5], [6] * 9, [7]),
+               infilling.Example.from_span([5] * 40, [6] * 3, [7])]
   stream, = infilling.fill_examples(params, cfg, examples, key, batch_size=2, method="sequential")
   batch, = infilling.fill_examples(params, cfg, examples, key, batch_size=5, method="sequential")
   assert stream.out.idle_iterations is not None and batch.out.idle_iterations is None
   assert stream.out.idle_fraction < batch.out.idle_fraction
+  assert stream.indices == batch.indices and len(stream.indices) == 5
   np.testing.assert_array_equal(stream.out.tokens, batch.out.tokens)
+  np.testing.assert_array_equal(stream.out.nfe, batch.out.nfe)
 
 
 def test_greedy_is_the_same_for_both_methods(model):
