@@ -35,6 +35,7 @@ import numpy as np
 import pytest
 
 from asarm_jax import convert_hf, infilling, masks, processors, sampling
+from asarm_jax.cli import common
 from asarm_jax.data import Tokenizer, train_tokenizer
 from asarm_jax.model import ModelConfig, init_params
 
@@ -649,3 +650,22 @@ def test_ctrl_c_at_a_cli_is_one_line_and_status_130():
   assert process.returncode == 130, stderr[-3000:]
   assert stderr.strip().splitlines()[-1] == "interrupted", stderr[-3000:]
   assert "Traceback" not in stderr
+
+
+def test_quiet_library_logs_drops_orbax_warnings_but_not_errors():
+  """Orbax's read-only-restore warnings stay off stderr; its errors and other warnings do not.
+  (The filter once compared Python levels with absl's ERROR, -2, and let every warning through.)"""
+  import logging as std_logging  # pylint: disable=import-outside-toplevel
+
+  from absl import logging  # pylint: disable=import-outside-toplevel
+
+  common.quiet_library_logs()
+
+  def passes(path, level):
+    record = std_logging.LogRecord("absl", level, path, 1, "message", None, None)
+    return bool(logging.get_absl_handler().filter(record))
+
+  orbax = "/site-packages/orbax/checkpoint/checkpoint_manager.py"
+  assert not passes(orbax, std_logging.WARNING)
+  assert passes(orbax, std_logging.ERROR)
+  assert passes("/site-packages/jax/_src/xla_bridge.py", std_logging.WARNING)

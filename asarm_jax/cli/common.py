@@ -11,6 +11,7 @@ overrides, and one error path.
 from __future__ import annotations
 
 import difflib
+import logging as std_logging
 import os
 import runpy
 import sys
@@ -178,8 +179,10 @@ def run(main: Callable[[], object], *, module_name: str, summary: str) -> NoRetu
 
 def quiet_library_logs():
   """Library INFO logs (orbax, absl, jax) off stderr unless the user passes --verbosity."""
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  # Orbax explains its read-only restores at WARNING level; keep them out of the printout.
+  if flags.FLAGS["verbosity"].present:
+    return
+  logging.set_verbosity(logging.WARNING)
+  # Orbax explains its read-only restores at WARNING level; keep them out of the printout. (A
+  # record's levelno is on Python's scale: absl's logging.ERROR is -2, Python's 40.)
   logging.get_absl_handler().addFilter(
-      lambda record: "orbax" not in record.pathname or record.levelno >= logging.ERROR)
+      lambda record: "orbax" not in record.pathname or record.levelno >= std_logging.ERROR)
