@@ -12,13 +12,12 @@ then the hidden ones in the chosen order. A group of more examples than `batch_s
 stream through `batch_size` slots (continuous batching, `sampling.Sampler`'s `num_slots`): a slot
 whose example is done takes the next one, so rows idle only at the end of the group (a batch loops
 until its slowest row is done). A smaller group is one batch, topped up with copies of its first
-row so that every such batch of a length bucket shares one compilation. Padding positions take the last ranks and
-are passed as `num_valid`: they are never generated and nothing attends to them, so the result is
-the same as with the exact length. Example i samples with `fold_in(rng, i)` (and, in the random
-order, its order from `fold_in(key(order_seed), i)`, drawn over its own length), and a row's result
-does not depend on the
-other rows of its batch, so a completion does not depend on the batch size or on which other
-examples are filled with it.
+row so that every such batch of a length bucket shares one compilation. Padding positions take
+the last ranks and are passed as `num_valid`: they are never generated and nothing attends to
+them, so the result is the same as with the exact length. Example i samples with `fold_in(rng, i)`
+(and, in the random order, its order from `fold_in(key(order_seed), i)`, drawn over its own
+length), and a row's result does not depend on the other rows of its batch, so a completion does
+not depend on the batch size or on which other examples are filled with it.
 
 Texts: `[MASK]` is one hidden token and `[MASK*n]` is n hidden tokens (n >= 1). The literal pieces
 between spans are tokenized one by one and form the prompt. `infill_texts` fills many different
@@ -183,7 +182,7 @@ class FilledBatch:
 def _length_groups(examples: Sequence[Example], length_bucket: int,
                    max_len: int) -> list[tuple[int, list[int]]]:
   """(padded length, example indices) per length group, sorted by hidden count, most first (a
-stream then ends on its shortest examples)."""
+  stream then ends on its shortest examples)."""
   groups: dict[int, list[int]] = {}
   for index, example in enumerate(examples):
     length = min(-(-len(example.tokens) // length_bucket) * length_bucket, max_len)

@@ -562,6 +562,12 @@ class Batch:
   prefill_rows: int = flax.struct.field(pytree_node=False, default=0)
 
 
+def _empty_cache(params, sampler: Sampler, rows: int, length: int) -> KVCache:
+  """An empty cache of `rows` rows for `sampler`'s forwards (`ASARM.init_cache`)."""
+  return ASARM(sampler.cfg).apply({"params": params}, rows, length, method=ASARM.init_cache,
+                                  query_rows=sampler.query_rows)
+
+
 def _initial_state(params, sampler: Sampler, batch: Batch,
                    cache: KVCache | None = None) -> _LoopState:
   """The loop state before the first forward: only the prompt decided, an empty cache (`cache`,
@@ -571,8 +577,7 @@ def _initial_state(params, sampler: Sampler, batch: Batch,
   is_prompt = batch.ranks < batch.num_prompt[:, None]  # [B, N]
   zeros = jnp.zeros((rows,), jnp.int32)
   if cache is None and sampler.use_cache:
-    cache = ASARM(cfg).apply({"params": params}, rows, length, method=ASARM.init_cache,
-                             query_rows=sampler.query_rows)
+    cache = _empty_cache(params, sampler, rows, length)
   return _LoopState(
       tokens=jnp.where(is_prompt, batch.tokens, cfg.mask_token_id),
       ranks=batch.ranks,
@@ -667,8 +672,7 @@ def _traced_stream(params, batch: Batch, sampler: Sampler, num_slots: int) -> Sa
   step = functools.partial(step, num_content=num_content)
   slots_cache = one_row_cache = None
   if sampler.use_cache:
-    slots_cache = ASARM(sampler.cfg).apply({"params": params}, num_slots, batch.tokens.shape[1],
-                                           method=ASARM.init_cache, query_rows=sampler.query_rows)
+    slots_cache = _empty_cache(params, sampler, num_slots, batch.tokens.shape[1])
     one_row_cache = slots_cache.replace(
         keys=tuple(jnp.zeros_like(k[:1]) for k in slots_cache.keys),
         values=tuple(jnp.zeros_like(v[:1]) for v in slots_cache.values))
@@ -966,11 +970,12 @@ class Sampler:
       SampleOutput (see its fields; the NFE accounting is in the module docstring).
     """
     batch = self.batch(tokens, ranks, num_prompt, rng, num_valid)
-    return _run(params, batch, sampler=self, num_slots=_slots(num_slots, batch))
+    return _run(params, batch, sampler=self, num_slots=_slots(num_slots, batch.tokens.shape[0]))
 
   def compile(self, params, batch: Batch, num_slots: int | None = None):
     """The compiled program for `batch`'s shapes: call it as `compiled(params, batch)`."""
-    return _run.lower(params, batch, sampler=self, num_slots=_slots(num_slots, batch)).compile()
+    slots = _slots(num_slots, batch.tokens.shape[0])
+    return _run.lower(params, batch, sampler=self, num_slots=slots).compile()
 
   def timed(self, params, tokens, ranks, num_prompt, rng, *, num_valid=None, repeats: int = 1,
             num_slots: int | None = None) -> tuple[SampleOutput, float, float]:
@@ -995,8 +1000,9 @@ class Sampler:
     return out, compile_seconds, float(np.median(run_seconds))
 
 
-def _slots(num_slots, batch: Batch) -> int | None:
-  """The static slot count of `_run` for `batch`: None for one batch (`num_slots` None or >= B).
+def _slots(num_slots, rows: int) -> int | None:
+  """The static slot count of `_run` for a batch of `rows` rows: None for one batch (`num_slots`
+  None or >= rows).
 
   Raises:
     ValueError: `num_slots` is not None or an integer >= 1.
@@ -1005,7 +1011,7 @@ def _slots(num_slots, batch: Batch) -> int | None:
     return None
   if isinstance(num_slots, bool) or not isinstance(num_slots, (int, np.integer)) or num_slots < 1:
     raise ValueError(f"num_slots must be None (one batch) or an integer >= 1; got {num_slots!r}")
-  return int(num_slots) if num_slots < batch.tokens.shape[0] else None
+  return int(num_slots) if num_slots < rows else None
 
 
 def _batch_shape(tokens) -> tuple[int, int] | None:
@@ -1016,9 +1022,9 @@ def _batch_shape(tokens) -> tuple[int, int] | None:
 def _rows_at_once(tokens, num_slots) -> tuple[int, int] | None:
   """(rows sampled together, N): the slots of a stream, else the batch (what "auto" sizes for)."""
   shape = _batch_shape(tokens)
-  if shape is None or not isinstance(num_slots, (int, np.integer)) or isinstance(num_slots, bool):
-    return shape
-  return (max(1, min(int(num_slots), shape[0])), shape[1])
+  if shape is None:
+    return None
+  return (_slots(num_slots, shape[0]) or shape[0], shape[1])
 
 
 def sample(params, cfg: ModelConfig, tokens, ranks, num_prompt, rng, *, num_valid=None,

@@ -195,7 +195,8 @@ def markdown(results: dict[str, Any]) -> str:
               "squares over every order's rows), s = ms per sequential step; a round that keeps "
               "all k drafts runs k s / (a + b k) times faster than sequential decoding, at most "
               "s / b as k grows.", "",
-              "| trained with | s (ms) | a (ms) | b (ms per k) | all kept, largest k | limit s / b |",
+              "| trained with | s (ms) | a (ms) | b (ms per k) | all kept, largest k "
+              "| limit s / b |",
               "|---|---|---|---|---|---|"]
     for label, fit in fits:
       lines.append(f"| {label} | {fit['step_ms']:.3f} | {fit['round_fixed_ms']:.3f} | "
